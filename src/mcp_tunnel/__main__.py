@@ -1,0 +1,3 @@
+from mcp_tunnel.cli import main
+
+raise SystemExit(main())

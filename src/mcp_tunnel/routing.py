@@ -1,0 +1,67 @@
+"""Host-based routing (SPEC §4). Pure: no I/O.
+
+The routing host is the inner request's ``Host``: lowercased, port and one trailing dot removed.
+Lookup tries the exact host, then the host minus ``.<tunnel_domain>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``routes`` entry: the key as written (lowercased) and its upstream."""
+
+    key: str
+    scheme: str  # "http" or "https"
+    host: str  # name or IPv4 literal, as written
+    port: int
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def normalize_host(host: str) -> str:
+    """``Echo.Example.COM.:443`` -> ``echo.example.com``; ``[::1]:80`` -> ``::1``."""
+    h = host.strip()
+    if h.startswith("["):
+        end = h.find("]")
+        h = h[1:end] if end != -1 else h[1:]
+    else:
+        colon = h.rfind(":")
+        if colon != -1 and h.count(":") == 1:
+            h = h[:colon]
+    if h.endswith("."):
+        h = h[:-1]
+    return h.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    routes: Mapping[str, Route]
+    tunnel_domain: str = ""
+
+    def lookup(self, host: str) -> Route | None:
+        """Route for an already-normalised host, or None."""
+        route = self.routes.get(host)
+        if route is not None:
+            return route
+        domain = self.tunnel_domain
+        if domain and len(host) > len(domain) + 1 and host.endswith(domain) and host[-len(domain) - 1] == ".":
+            return self.routes.get(host[: -len(domain) - 1])
+        return None
+
+    def public_host(self, route: Route) -> str:
+        """The full hostname a route answers (for the ``route configured`` line)."""
+        key = route.key
+        domain = self.tunnel_domain
+        if not domain or key == domain or key.endswith("." + domain):
+            return key
+        return f"{key}.{domain}"
