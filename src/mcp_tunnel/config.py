@@ -1,15 +1,35 @@
 """The proxy's configuration file (SPEC §3): types and loading. Pure apart from reading files.
 
-TYPES BELOW ARE THE INTERFACE THE PROXY USES. The loader is being written (see load_config).
+The types are the interface the proxy codes against. `load_config` reads the YAML as nodes (not
+Python objects) so that every mistake can name its file and line; it then checks one section at a
+time and raises the first mistake as a one-line `ConfigError`. The only I/O is reading the config
+file and the upstream CA bundle and probing that the certificate and key can be opened: the
+certificate pair itself is checked by the proxy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import difflib
+import ipaddress
+import json
+import os
+import pwd
+import re
+import socket
+import ssl
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
+from typing import Any
 
-from mcp_tunnel.ippolicy import IPPolicy
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from mcp_tunnel.duration import SECOND, parse_duration_ns
+from mcp_tunnel.errors import ConfigError
+from mcp_tunnel.ippolicy import RFC1918, IPPolicy
 from mcp_tunnel.routing import Route, Router
 
 DEFAULT_CONFIG_PATH = "/etc/mcp-gateway/config.yaml"
@@ -71,11 +91,836 @@ class Config:
         return Router(self.routes, self.tunnel_domain)
 
 
+# --------------------------------------------------------------------------------------------
+# The keys each mapping accepts. Anything else is refused with a suggestion, because a typo
+# must not silently turn into "no route for host" at request time.
+
+_TOP_KEYS = (
+    "listen_addr",
+    "log_level",
+    "log_format",
+    "shutdown_timeout",
+    "tunnel_domain",
+    "admin_addr",
+    "tls",
+    "routes",
+    "upstream",
+    "limits",
+)
+_TLS_KEYS = ("cert_file", "key_file", "reload_interval")
+_UPSTREAM_KEYS = ("allowed_ips", "disable_ip_validation", "tls", "host_header")
+_UPSTREAM_TLS_KEYS = ("ca_file", "include_system_cas")
+_LIMIT_KEYS = tuple(f.name for f in fields(Limits))
+_ALL_FIELDS = (
+    *(k for k in _TOP_KEYS),
+    *(f"tls.{k}" for k in _TLS_KEYS),
+    *(f"upstream.{k}" for k in _UPSTREAM_KEYS),
+    *(f"upstream.tls.{k}" for k in _UPSTREAM_TLS_KEYS),
+    *(f"limits.{k}" for k in _LIMIT_KEYS),
+)
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
+HOST_HEADER_MODES = ("original", "upstream")
+
+_OFFICIAL_SEQ_ROUTES = "cannot unmarshal !!seq into map[string]string"
+_OFFICIAL_BAD_UPSTREAM = "invalid upstream (must be scheme://host:port)"
+_UPSTREAM_EXAMPLE = "scheme://host:port with scheme http or https, e.g. http://hello-mcp:9000"
+
+_ENV_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+# --------------------------------------------------------------------------------------------
+# The node-walking layer: where a value is, what it is, and one-line errors that say so.
+
+
+@dataclass(slots=True)
+class _Doc:
+    """The file being loaded: its name (for every message), environment and warnings so far."""
+
+    file: str
+    environ: Mapping[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+    def error(
+        self,
+        node: Node | None,
+        fld: str | None,
+        message: str,
+        *,
+        found: str | None = None,
+        expected: str | None = None,
+        detail: str | None = None,
+        line: int | None = None,
+    ) -> ConfigError:
+        return ConfigError(
+            message,
+            file=self.file,
+            line=line if line is not None else (_line(node) if node is not None else None),
+            field=fld,
+            found=found,
+            expected=expected,
+            detail=detail,
+        )
+
+    def warn(self, node: Node, fld: str, message: str) -> None:
+        self.warnings.append(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " "))
+
+
+# A mapping as read from the file: key text -> (key node, value node), in file order.
+_Entries = dict[str, tuple[Node, Node]]
+
+
+def _line(node: Node) -> int:
+    """1-based line of a node (PyYAML marks count from 0)."""
+    return int(node.start_mark.line) + 1
+
+
+def _q(text: str) -> str:
+    """A value quoted for a message; JSON escaping keeps control characters off the line."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _kind(node: Node) -> str:
+    """What a node is, in the YAML words an operator would recognise."""
+    if isinstance(node, SequenceNode):
+        return "a list (!!seq)"
+    if isinstance(node, MappingNode):
+        return "a mapping (!!map)"
+    if _is_null(node):
+        return "nothing (null)"
+    return _q(str(node.value))
+
+
+def _is_null(node: Node | None) -> bool:
+    """True for a missing value: ``key:``, ``key: ~`` or ``key: null`` (Go leaves the default)."""
+    return node is None or (isinstance(node, ScalarNode) and node.tag == _NULL_TAG)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _mapping(doc: _Doc, node: Node, fld: str) -> _Entries:
+    """The entries of a mapping node; refuses other kinds, non-scalar and duplicate keys."""
+    if not isinstance(node, MappingNode):
+        raise doc.error(
+            node, fld or None, "must be a mapping", found=_kind(node), expected="key: value lines"
+        )
+    entries: _Entries = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            raise doc.error(
+                key_node, fld or None, "a key must be plain text", found=_kind(key_node), expected="a name"
+            )
+        key = str(key_node.value)
+        if key in entries:
+            first = _line(entries[key][0])
+            raise doc.error(
+                key_node,
+                _join(fld, key),
+                f"duplicate key (first given at line {first})",
+                found=f"{_q(key)} twice",
+                expected="each key once",
+            )
+        entries[key] = (key_node, value_node)
+    return entries
+
+
+def _check_keys(doc: _Doc, entries: _Entries, allowed: Sequence[str], prefix: str) -> None:
+    """Refuse keys this mapping does not have, suggesting the field that was probably meant."""
+    for key, (key_node, _) in entries.items():
+        if key in allowed:
+            continue
+        raise doc.error(
+            key_node,
+            _join(prefix, key),
+            "unknown field" + _suggest(key, allowed, prefix),
+            found=f"key {_q(key)}",
+            expected="one of " + ", ".join(allowed),
+        )
+
+
+def _suggest(key: str, allowed: Sequence[str], prefix: str) -> str:
+    """``, did you mean X?``: a near spelling here, else the same name in another section."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f", did you mean {_join(prefix, close[0])}?"
+    here = _join(prefix, key)
+    elsewhere = [p for p in _ALL_FIELDS if p.rsplit(".", 1)[-1] == key and p != here]
+    if not elsewhere:
+        by_leaf = {p.rsplit(".", 1)[-1]: p for p in _ALL_FIELDS}
+        near = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.75)
+        elsewhere = [by_leaf[n] for n in near]
+    return f", did you mean {elsewhere[0]}?" if elsewhere else ""
+
+
+def _expand(doc: _Doc, node: Node, fld: str, text: str) -> str:
+    """Replace ``${NAME}`` from the environment and ``$$`` with ``$``; any other ``$`` is refused."""
+    out: list[str] = []
+    pos = 0
+    for m in _ENV_REF.finditer(text):
+        out.append(_no_stray_dollar(doc, node, fld, text, text[pos : m.start()]))
+        name = m.group(1)
+        if name is None:
+            out.append("$")
+        elif name in doc.environ:
+            out.append(doc.environ[name])
+        else:
+            raise doc.error(
+                node,
+                fld,
+                f"environment variable {name} is not set",
+                found=_q(text),
+                expected=f"{name} set in the proxy's environment (or $$ for a literal $)",
+            )
+        pos = m.end()
+    out.append(_no_stray_dollar(doc, node, fld, text, text[pos:]))
+    return "".join(out)
+
+
+def _no_stray_dollar(doc: _Doc, node: Node, fld: str, text: str, chunk: str) -> str:
+    if "$" in chunk:
+        raise doc.error(
+            node,
+            fld,
+            "a $ must start a ${NAME} reference",
+            found=_q(text),
+            expected="${NAME} with NAME a variable name, or $$ for a literal $",
+        )
+    return chunk
+
+
+def _string(doc: _Doc, node: Node, fld: str, expected: str) -> str:
+    """A scalar's text with environment references expanded (numbers and booleans included)."""
+    if not isinstance(node, ScalarNode):
+        raise doc.error(node, fld, "must be a single value", found=_kind(node), expected=expected)
+    return _expand(doc, node, fld, str(node.value))
+
+
+def _optional(entries: _Entries, key: str) -> Node | None:
+    """The value node of a key, or None when absent or null."""
+    pair = entries.get(key)
+    if pair is None or _is_null(pair[1]):
+        return None
+    return pair[1]
+
+
+def _required(doc: _Doc, entries: _Entries, key: str, prefix: str, parent: Node) -> Node:
+    node = _optional(entries, key)
+    if node is None:
+        where = entries[key][0] if key in entries else parent
+        raise doc.error(where, _join(prefix, key), "is required", found="nothing", expected="a value")
+    return node
+
+
+def _bool(doc: _Doc, node: Node, fld: str) -> bool:
+    text = _string(doc, node, fld, "true or false")
+    value = _BOOLS.get(text.lower())
+    if value is None:
+        raise doc.error(node, fld, "must be a boolean", found=_q(text), expected="true or false")
+    return value
+
+
+def _choice(doc: _Doc, node: Node, fld: str, choices: Sequence[str]) -> str:
+    expected = " or ".join(choices)
+    text = _string(doc, node, fld, expected)
+    if text.lower() not in choices:
+        hint = difflib.get_close_matches(text.lower(), choices, n=1)
+        message = "unknown value" + (f", did you mean {hint[0]}?" if hint else "")
+        raise doc.error(node, fld, message, found=_q(text), expected=expected)
+    return text.lower()
+
+
+def _duration(doc: _Doc, node: Node, fld: str, *, allow_zero: bool) -> float:
+    """A Go duration in seconds; zero only where it has a meaning, never negative."""
+    expected = "a duration such as 30s, 1m30s or 500ms" + ("" if allow_zero else ", above zero")
+    text = _string(doc, node, fld, expected)
+    try:
+        ns = parse_duration_ns(text)
+    except ValueError as exc:
+        raise doc.error(
+            node, fld, "not a duration", found=_q(text), expected=expected, detail=str(exc)
+        ) from None
+    if ns < 0 or (ns == 0 and not allow_zero):
+        raise doc.error(node, fld, "out of range", found=_q(text), expected=expected)
+    return ns / SECOND
+
+
+def _int(doc: _Doc, node: Node, fld: str, *, minimum: int) -> int:
+    expected = f"a whole number >= {minimum}"
+    text = _string(doc, node, fld, expected)
+    if not re.fullmatch(r"[0-9]+", text.replace("_", "")) or int(text.replace("_", "")) < minimum:
+        raise doc.error(
+            node, fld, "out of range" if text.isdigit() else "not a number", found=_q(text), expected=expected
+        )
+    return int(text.replace("_", ""))
+
+
+def _host_port(doc: _Doc, node: Node, fld: str) -> tuple[str, int]:
+    """Go's ``host:port`` (``net.SplitHostPort``): ``:8080``, ``0.0.0.0:8080``, ``[::1]:9090``."""
+    expected = 'host:port, e.g. ":8080" for all interfaces or "127.0.0.1:9090"'
+    text = _string(doc, node, fld, expected)
+    if text.startswith("["):
+        end = text.find("]")
+        host, rest = (text[1:end], text[end + 1 :]) if end != -1 else ("", "")
+        if not rest.startswith(":") or not _is_ipv6(host):
+            raise doc.error(node, fld, "not a host:port address", found=_q(text), expected=expected)
+        port_text = rest[1:]
+    else:
+        if text.count(":") != 1:
+            why = "missing port" if ":" not in text else "too many colons (write IPv6 as [addr]:port)"
+            raise doc.error(node, fld, why, found=_q(text), expected=expected)
+        host, port_text = text.split(":")
+        if host and not (_HOSTNAME.match(host.lower()) or _is_ipv4(host)):
+            raise doc.error(node, fld, "not a valid host", found=_q(text), expected=expected)
+    if not _PORT.match(port_text) or int(port_text) > 65535:
+        raise doc.error(node, fld, "port must be a number from 0 to 65535", found=_q(text), expected=expected)
+    return host, int(port_text)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv4_literal(host: str) -> IPv4Address | None:
+    """The address a host names when it is an IPv4 literal in any spelling the resolver takes.
+
+    ``127.1``, ``0x7f.1``, ``2130706433`` and ``0177.0.0.1`` all reach 127.0.0.1 through
+    getaddrinfo (inet_aton rules), so they are judged as 127.0.0.1, not as names.
+    """
+    if not re.fullmatch(r"[0-9a-fx.]+", host) or not host[0].isdigit():
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# File probes: the only I/O besides reading the config itself.
+
+
+def _open_failure(doc: _Doc, node: Node | None, fld: str | None, path: str, exc: OSError) -> ConfigError:
+    """The one-line error for a file the proxy cannot open, in Go's ``open <path>: ...`` words."""
+    if isinstance(exc, PermissionError):
+        return _permission_denied(doc, node, fld, path)
+    if isinstance(exc, FileNotFoundError):
+        reason, expected = "no such file or directory", "an existing file"
+    elif isinstance(exc, IsADirectoryError):
+        reason, expected = "is a directory", "a file, not a directory"
+    else:
+        reason, expected = (exc.strerror or str(exc)).lower(), "a readable file"
+    return doc.error(
+        node, fld, "cannot open the file", found=_q(path), expected=expected, detail=f"open {path}: {reason}"
+    )
+
+
+def _permission_denied(doc: _Doc, node: Node | None, fld: str | None, path: str) -> ConfigError:
+    """Say whose file it is, its mode, who we are, and both ways out (SPEC §3)."""
+    me = _who(os.geteuid())
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        found = f"{path} (owner and mode unknown: stat failed: {exc.strerror}); the proxy runs as {me}"
+        expected = f"a file the proxy can read: make the directories above {path} searchable by {me}"
+        expected += f" and chmod 644 {path}, or run the proxy as the file's owner"
+    else:
+        owner = _who(st.st_uid)
+        found = f"{path} owned by {owner} with mode {stat.S_IMODE(st.st_mode):04o}; the proxy runs as {me}"
+        expected = f"a file the proxy can read: chmod 644 {path}, or run the proxy as its owner ({owner})"
+    return doc.error(
+        node,
+        fld,
+        "the proxy cannot read this file",
+        found=found,
+        expected=expected,
+        detail=f"open {path}: permission denied",
+    )
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _probe_readable(doc: _Doc, node: Node, fld: str, path: str) -> None:
+    """Open and close: proves the proxy can read the file now; its content is checked later."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _open_failure(doc, node, fld, path, exc) from None
+
+
+def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
+    """The upstream CA bundle must be PEM certificates that the TLS library accepts."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise _open_failure(doc, node, fld, path, exc) from None
+    expected = "a PEM bundle of CA certificates (-----BEGIN CERTIFICATE-----)"
+    try:
+        text = data.decode("ascii")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError("no PEM certificate found")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (UnicodeDecodeError, ValueError, ssl.SSLError) as exc:
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError | ssl.SSLError) else str(exc)
+        raise doc.error(
+            node, fld, "not a usable CA bundle", found=f"{_q(path)} ({reason})", expected=expected
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# The sections, top-level first. Each takes the value node and returns checked values.
+
+
 def load_config(
     path: str,
     *,
     tunnel_domain: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read, expand and validate the file; raise ConfigError (one line) on any mistake."""
-    raise NotImplementedError
+    """Read, expand and validate the file; raise ConfigError (one line) on any mistake.
+
+    `tunnel_domain` is the ``-tunnel-domain`` flag: when non-empty it replaces the file's value
+    (the Helm chart injects the domain that way), and the file's value is then not read.
+    """
+    doc = _Doc(file=path, environ=os.environ if environ is None else environ)
+    root = _parse_yaml(doc, path)
+    top = _mapping(doc, root, "")
+    _check_keys(doc, top, _TOP_KEYS, "")
+
+    listen_host, listen_port = _host_port(doc, _required(doc, top, "listen_addr", "", root), "listen_addr")
+    domain = _tunnel_domain(doc, top, tunnel_domain)
+    cert_file, key_file, reload_interval = _tls_section(doc, _required(doc, top, "tls", "", root))
+    upstream = _upstream_section(doc, _optional(top, "upstream"))
+    routes = _routes_section(doc, _required(doc, top, "routes", "", root), upstream, domain)
+    admin_host, admin_port = _admin_addr(doc, _optional(top, "admin_addr"), listen_host, listen_port)
+
+    log_level = _node_or(top, "log_level", lambda n: _choice(doc, n, "log_level", LOG_LEVELS), "info")
+    log_format = _node_or(top, "log_format", lambda n: _choice(doc, n, "log_format", LOG_FORMATS), "text")
+    shutdown = _node_or(
+        top, "shutdown_timeout", lambda n: _duration(doc, n, "shutdown_timeout", allow_zero=True), 30.0
+    )
+    limits = _limits_section(doc, _optional(top, "limits"))
+
+    return Config(
+        path=path,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        cert_file=cert_file,
+        key_file=key_file,
+        routes=MappingProxyType(routes),
+        tunnel_domain=domain,
+        log_level=log_level,
+        log_format=log_format,
+        shutdown_timeout=shutdown,
+        upstream=upstream,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        cert_reload_interval=reload_interval,
+        limits=limits,
+        warnings=tuple(doc.warnings),
+    )
+
+
+def _node_or(entries: _Entries, key: str, convert: Any, default: Any) -> Any:
+    node = _optional(entries, key)
+    return default if node is None else convert(node)
+
+
+def _parse_yaml(doc: _Doc, path: str) -> Node:
+    """The file's single YAML document as a node tree, or a one-line error with the line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise _open_failure(doc, None, None, path, exc) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise doc.error(
+            None,
+            None,
+            "the file is not UTF-8 text",
+            found=f"byte 0x{raw[exc.start]:02x}",
+            expected="UTF-8 YAML",
+            line=line,
+        ) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        context = f" {exc.context}" if exc.context and exc.problem else ""
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise doc.error(
+            None,
+            None,
+            f"invalid YAML: {problem}{where}",
+            expected="valid YAML" + (f" ({context.strip()})" if context else ""),
+            line=mark.line + 1 if mark is not None else 1,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise doc.error(None, None, f"invalid YAML: {exc}", expected="valid YAML", line=1) from None
+    if root is None:
+        raise doc.error(
+            None, None, "the file is empty", expected="a YAML mapping with listen_addr, tls, routes", line=1
+        )
+    return root
+
+
+def _tunnel_domain(doc: _Doc, top: _Entries, override: str | None) -> str:
+    """Lowercase, without a trailing dot: the form incoming hosts are normalised to."""
+    if override:
+        text, node, fld = override, None, "tunnel_domain (from -tunnel-domain)"
+    else:
+        node = _optional(top, "tunnel_domain")
+        if node is None:
+            return ""
+        fld = "tunnel_domain"
+        text = _string(doc, node, fld, "a domain name such as abcd1234.tunnel.anthropic.com")
+    domain = text.strip().lower()
+    domain = domain[:-1] if domain.endswith(".") else domain
+    if domain and not _HOSTNAME.match(domain):
+        raise doc.error(
+            node,
+            fld,
+            "not a domain name",
+            found=_q(text),
+            expected="a bare domain such as abcd1234.tunnel.anthropic.com (no scheme, port, path or *.)",
+        )
+    return domain
+
+
+def _tls_section(doc: _Doc, node: Node) -> tuple[str, str, float]:
+    entries = _mapping(doc, node, "tls")
+    _check_keys(doc, entries, _TLS_KEYS, "tls")
+    paths: list[str] = []
+    for key in ("cert_file", "key_file"):
+        fld = f"tls.{key}"
+        value = _required(doc, entries, key, "tls", node)
+        path = _string(doc, value, fld, "a file path")
+        if not path:
+            raise doc.error(value, fld, "is required", found='""', expected="a file path")
+        _probe_readable(doc, value, fld, path)
+        paths.append(path)
+    reload_node = _optional(entries, "reload_interval")
+    interval = (
+        2.0 if reload_node is None else _duration(doc, reload_node, "tls.reload_interval", allow_zero=False)
+    )
+    return paths[0], paths[1], interval
+
+
+def _admin_addr(
+    doc: _Doc, node: Node | None, listen_host: str, listen_port: int
+) -> tuple[str | None, int | None]:
+    """Off unless set; never the tunnel listener's own address (the admin pages are private)."""
+    if node is None:
+        return None, None
+    host, port = _host_port(doc, node, "admin_addr")
+    if port == listen_port and port != 0 and (host == listen_host or not host or not listen_host):
+        raise doc.error(
+            node,
+            "admin_addr",
+            "must differ from listen_addr",
+            found=f"port {port}, the tunnel listener's port",
+            expected="another port, e.g. 127.0.0.1:9090",
+        )
+    return host, port
+
+
+def _upstream_section(doc: _Doc, node: Node | None) -> UpstreamSettings:
+    if node is None:
+        return UpstreamSettings()
+    entries = _mapping(doc, node, "upstream")
+    _check_keys(doc, entries, _UPSTREAM_KEYS, "upstream")
+
+    disable_node = _optional(entries, "disable_ip_validation")
+    disabled = disable_node is not None and _bool(doc, disable_node, "upstream.disable_ip_validation")
+    ips_node = _optional(entries, "allowed_ips")
+    networks = RFC1918
+    if ips_node is not None:
+        if disabled:
+            assert disable_node is not None
+            raise doc.error(
+                ips_node,
+                "upstream.allowed_ips",
+                "cannot be combined with upstream.disable_ip_validation: true "
+                f"(line {_line(disable_node)}); the two are mutually exclusive",
+                found="both set",
+                expected="allowed_ips alone, or disable_ip_validation: true alone",
+            )
+        networks = _allowed_ips(doc, ips_node)
+    if disabled:
+        assert disable_node is not None
+        doc.warn(
+            disable_node,
+            "upstream.disable_ip_validation",
+            "upstream IP validation is off: no SSRF protection",
+        )
+
+    host_node = _optional(entries, "host_header")
+    host_header = (
+        "original"
+        if host_node is None
+        else _choice(doc, host_node, "upstream.host_header", HOST_HEADER_MODES)
+    )
+    tls_node = _optional(entries, "tls")
+    return UpstreamSettings(
+        policy=IPPolicy(networks=networks, disabled=disabled),
+        tls=UpstreamTLS() if tls_node is None else _upstream_tls(doc, tls_node),
+        host_header=host_header,
+    )
+
+
+def _allowed_ips(doc: _Doc, node: Node) -> tuple[IPv4Network, ...]:
+    """IPv4 CIDRs or single addresses; replaces the RFC1918 default rather than extending it."""
+    fld = "upstream.allowed_ips"
+    expected = "a list of IPv4 CIDRs or addresses, e.g. [10.0.0.0/8, 192.168.1.20]"
+    if not isinstance(node, SequenceNode):
+        raise doc.error(node, fld, "must be a list", found=_kind(node), expected=expected)
+    if not node.value:
+        raise doc.error(
+            node,
+            fld,
+            "is empty, so no upstream could be reached",
+            found="[]",
+            expected=expected + ", or no allowed_ips key for the RFC1918 default",
+        )
+    networks: list[IPv4Network] = []
+    for i, item in enumerate(node.value):
+        item_fld = f"{fld}[{i}]"
+        text = _string(doc, item, item_fld, "an IPv4 CIDR or address")
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise doc.error(
+                item,
+                item_fld,
+                "not an IPv4 CIDR or address",
+                found=_q(text),
+                expected="a.b.c.d/len or a.b.c.d, e.g. 10.0.0.0/8",
+            ) from None
+        if not isinstance(net, IPv4Network):
+            raise doc.error(
+                item,
+                item_fld,
+                "IPv6 is not supported (upstream connections are IPv4 only)",
+                found=_q(text),
+                expected="an IPv4 CIDR or address",
+            )
+        if "/" in text and str(net) != text.strip():
+            doc.warn(item, item_fld, f"{text.strip()} has host bits set; using {net}")
+        if net.prefixlen == 0:
+            doc.warn(item, item_fld, f"{net} allows every address: this disables SSRF protection")
+        networks.append(net)
+    return tuple(networks)
+
+
+def _upstream_tls(doc: _Doc, node: Node) -> UpstreamTLS:
+    entries = _mapping(doc, node, "upstream.tls")
+    _check_keys(doc, entries, _UPSTREAM_TLS_KEYS, "upstream.tls")
+    ca_node = _optional(entries, "ca_file")
+    ca_file: str | None = None
+    if ca_node is not None:
+        ca_file = _string(doc, ca_node, "upstream.tls.ca_file", "a PEM file path") or None
+        if ca_file is not None:
+            _check_ca_bundle(doc, ca_node, "upstream.tls.ca_file", ca_file)
+    system_node = _optional(entries, "include_system_cas")
+    system = system_node is not None and _bool(doc, system_node, "upstream.tls.include_system_cas")
+    return UpstreamTLS(ca_file=ca_file, include_system_cas=system)
+
+
+def _routes_section(doc: _Doc, node: Node, upstream: UpstreamSettings, domain: str) -> dict[str, Route]:
+    """The flat ``key: scheme://host:port`` map, keys lowercased, upstreams checked now."""
+    if not isinstance(node, MappingNode):
+        tag = "!!seq" if isinstance(node, SequenceNode) else "!!str"
+        raise doc.error(
+            node,
+            "routes",
+            "must be a mapping of subdomain or hostname to upstream URL, not "
+            + ("a list" if tag == "!!seq" else "a single value"),
+            found=_kind(node),
+            expected="lines like `echo: http://hello-mcp:9000`",
+            detail=f"cannot unmarshal {tag} into map[string]string",
+        )
+    entries = _mapping(doc, node, "routes")
+    if not entries:
+        raise doc.error(
+            node, "routes", "has no routes", found="{}", expected="at least one `key: upstream` line"
+        )
+    routes: dict[str, Route] = {}
+    key_lines: dict[str, tuple[str, int]] = {}
+    for raw_key, (key_node, value_node) in entries.items():
+        key = raw_key.strip().lower()
+        fld = f"routes.{key}"
+        if key in key_lines:
+            first, first_line = key_lines[key]
+            raise doc.error(
+                key_node,
+                fld,
+                f"key {_q(raw_key)} (line {_line(key_node)}) collides with {_q(first)} (line {first_line}) "
+                "because keys are compared lowercase",
+                found="two keys for one host",
+                expected="each route key once, in any case",
+            )
+        if not _HOSTNAME.match(key):
+            raise doc.error(
+                key_node,
+                fld,
+                "not a valid route key",
+                found=_q(raw_key),
+                expected="a subdomain such as echo or a full hostname such as echo.example.com "
+                "(no scheme, port, wildcard or trailing dot)",
+            )
+        key_lines[key] = (raw_key, _line(key_node))
+        routes[key] = _route(doc, key, value_node, upstream)
+    _route_warnings(doc, entries, routes, domain)
+    return routes
+
+
+def _route(doc: _Doc, key: str, node: Node, upstream: UpstreamSettings) -> Route:
+    fld = f"routes.{key}"
+    if not isinstance(node, ScalarNode) or _is_null(node):
+        tag = (
+            "!!seq"
+            if isinstance(node, SequenceNode)
+            else "!!map"
+            if isinstance(node, MappingNode)
+            else "!!null"
+        )
+        raise doc.error(
+            node,
+            fld,
+            "the upstream must be a URL",
+            found=_kind(node),
+            expected=_UPSTREAM_EXAMPLE,
+            detail=f"cannot unmarshal {tag} into string",
+        )
+    text = _string(doc, node, fld, _UPSTREAM_EXAMPLE)
+    scheme, host, port = _parse_upstream(doc, node, fld, text)
+    route = Route(key=key, scheme=scheme, host=host, port=port)
+
+    if scheme == "https" and upstream.tls.ca_file is None and not upstream.tls.include_system_cas:
+        raise doc.error(
+            node,
+            fld,
+            "https upstream without a trust anchor",
+            found=_q(text),
+            expected="upstream.tls.ca_file or upstream.tls.include_system_cas: true",
+            detail="otherwise the proxy has no trust anchor for the upstream certificate",
+        )
+    literal = _ipv4_literal(host)
+    if literal is not None and not upstream.policy.allows(literal):
+        allowed = ", ".join(str(n) for n in upstream.policy.networks)
+        raise doc.error(
+            node,
+            fld,
+            f"upstream address {literal} is outside upstream.allowed_ips",
+            found=_q(text) + (f" (= {literal})" if str(literal) != host else ""),
+            expected=f"an address in {allowed}, or add {ipaddress.ip_network(f'{literal}/32')} "
+            "(or its network) to upstream.allowed_ips",
+            detail=f"IP validation failed: {literal} is not a private address",
+        )
+    if literal is not None and str(literal) != host:
+        doc.warn(node, fld, f"upstream host {host} is the IPv4 address {literal}")
+    return route
+
+
+def _parse_upstream(doc: _Doc, node: Node, fld: str, text: str) -> tuple[str, str, int]:
+    """``scheme://host:port`` and nothing else: no path (not even ``/``), query, fragment, user."""
+
+    def bad(why: str) -> ConfigError:
+        return doc.error(
+            node,
+            fld,
+            f"upstream {why}",
+            found=_q(text),
+            expected=_UPSTREAM_EXAMPLE,
+            detail=_OFFICIAL_BAD_UPSTREAM,
+        )
+
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise bad("has no scheme")
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise bad(f"scheme {_q(scheme)} is not http or https")
+    problems = (("@", "has userinfo"), ("#", "has a fragment"), ("?", "has a query"), ("/", "has a path"))
+    for char, what in problems:
+        if char in rest:
+            raise bad(what)
+    if rest.startswith("["):
+        raise bad("is an IPv6 address (upstream connections are IPv4 only)")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        raise bad("has no port")
+    if not _PORT.match(port_text) or not 1 <= int(port_text) <= 65535:
+        raise bad("port must be a number from 1 to 65535")
+    host = host.lower()
+    if not host:
+        raise bad("has no host")
+    if not (_HOSTNAME.match(host) or _ipv4_literal(host)):
+        raise bad("host is not a hostname or IPv4 address")
+    return scheme, host, int(port_text)
+
+
+def _route_warnings(doc: _Doc, entries: _Entries, routes: Mapping[str, Route], domain: str) -> None:
+    """Routes that load but can never be reached as the operator probably meant."""
+    lines = {raw.strip().lower(): key_node for raw, (key_node, _) in entries.items()}
+    for key in routes:
+        if not domain and "." not in key:
+            doc.warn(
+                lines[key],
+                f"routes.{key}",
+                f"bare subdomain but no tunnel_domain: it only matches the host {key!r} exactly",
+            )
+        if domain and f"{key}.{domain}" in routes:
+            doc.warn(
+                lines[key],
+                f"routes.{key}",
+                f"never used: routes.{key}.{domain} matches {key}.{domain} first",
+            )
+
+
+def _limits_section(doc: _Doc, node: Node | None) -> Limits:
+    """``limits:`` keys are the Limits fields: floats are durations, ints are counts or bytes."""
+    if node is None:
+        return Limits()
+    entries = _mapping(doc, node, "limits")
+    _check_keys(doc, entries, _LIMIT_KEYS, "limits")
+    values: dict[str, Any] = {}
+    for f in fields(Limits):
+        value = _optional(entries, f.name)
+        if value is None:
+            continue
+        fld = f"limits.{f.name}"
+        if f.type in ("float", float):
+            values[f.name] = _duration(doc, value, fld, allow_zero=False)
+        else:
+            values[f.name] = _int(doc, value, fld, minimum=0 if f.name == "max_body_bytes" else 1)
+    return Limits(**values)
