@@ -1,0 +1,136 @@
+"""Inner TLS without asyncio's TLS machinery: an ``ssl.SSLObject`` between two MemoryBIOs.
+
+Sans-I/O: the caller feeds ciphertext in and gets plaintext out, writes plaintext and drains
+ciphertext to send. This keeps per-connection memory small and lets a TLS alert we generate
+(``unknown_ca`` on a bad client) actually reach the peer before the close.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+ALPN = ["http/1.1"]
+
+
+def make_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """Server context for the inner TLS session: TLS 1.2+, ALPN http/1.1, no client certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(ALPN)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+class TLSHandshakeError(Exception):
+    """The inner handshake failed; `reason` is the words operators grep for."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+_REASONS = {
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown ca (unknown certificate authority)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate expired",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate unknown",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "handshake failure",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol version",
+    "UNSUPPORTED_PROTOCOL": "protocol version",
+    "NO_SHARED_CIPHER": "no shared cipher",
+    "HTTP_REQUEST": "http request (plain HTTP sent where TLS was expected)",
+    "WRONG_VERSION_NUMBER": "wrong version number (not TLS)",
+    "TLSV1_ALERT_DECRYPT_ERROR": "decrypt error",
+    "CERTIFICATE_VERIFY_FAILED": "certificate verify failed",
+}
+
+
+def alert_reason(exc: ssl.SSLError) -> str:
+    """Map an OpenSSL reason code to the phrase the official troubleshooting uses."""
+    code = getattr(exc, "reason", None) or ""
+    if code in _REASONS:
+        return _REASONS[code]
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    return code.lower().replace("_", " ") if code else str(exc)
+
+
+class TLSSession:
+    """One TLS session over memory buffers; the caller moves the bytes."""
+
+    __slots__ = ("_in", "_obj", "_out", "closed_by_peer", "handshake_done")
+
+    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None):
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self.handshake_done = False
+        self.closed_by_peer = False
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        return self._obj
+
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext; return whatever plaintext it completes.
+
+        Raises TLSHandshakeError while handshaking; afterwards a corrupt stream raises
+        ssl.SSLError. A close_notify from the peer sets `closed_by_peer`.
+        """
+        if data:
+            self._in.write(data)
+        if not self.handshake_done:
+            try:
+                self._obj.do_handshake()
+            except ssl.SSLWantReadError:
+                return b""
+            except ssl.SSLError as exc:
+                raise TLSHandshakeError(alert_reason(exc)) from exc
+            self.handshake_done = True
+        chunks: list[bytes] = []
+        while True:
+            try:
+                piece = self._obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.closed_by_peer = True
+                break
+            if not piece:
+                self.closed_by_peer = True
+                break
+            chunks.append(piece)
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    def start_handshake(self) -> None:
+        """Client side: produce the ClientHello."""
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            raise TLSHandshakeError(alert_reason(exc)) from exc
+        else:
+            self.handshake_done = True
+
+    def send(self, data: bytes | memoryview) -> None:
+        """Encrypt plaintext; the records wait in `outgoing()`."""
+        view = memoryview(data)
+        while view:
+            n = self._obj.write(view)
+            view = view[n:]
+
+    def outgoing(self) -> bytes:
+        return self._out.read()
+
+    def close(self) -> None:
+        """Queue our close_notify."""
+        try:
+            self._obj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
