@@ -1,0 +1,1 @@
+"""The tunnel proxy: the I/O layers around the pure policy modules."""

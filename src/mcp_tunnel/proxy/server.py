@@ -1,0 +1,162 @@
+"""The proxy process: holds the live configuration and the listener, and runs the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from mcp_tunnel.config import Config
+from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.forward import Forwarder
+from mcp_tunnel.proxy.tunnel import TunnelProtocol
+from mcp_tunnel.proxy.upstream import Connector, Resolver
+from mcp_tunnel.tls_session import make_server_context
+
+if TYPE_CHECKING:
+    from mcp_tunnel.proxy.http_server import Exchange
+
+
+class ProxyServer:
+    """State shared by every tunnel connection; swapped as a whole on reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        log: Logger,
+        *,
+        resolver: Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.log = log
+        self.resolver = resolver
+        self.forwarder = Forwarder(self)
+        self.tunnels: set[TunnelProtocol] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._ssl_context = ssl_context
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Use a validated configuration for everything that starts from now on."""
+        self.config = config
+        self.limits = config.limits
+        self.router = config.router
+        self.upstream_settings = config.upstream
+        old = getattr(self, "connector", None)
+        self.connector = Connector(
+            config.upstream,
+            self.log,
+            resolver=self.resolver,
+            connect_timeout=config.limits.upstream_connect_timeout,
+        )
+        if old is not None:
+            old.close_idle()
+        if self._ssl_context is None:
+            self._ssl_context = make_server_context(config.cert_file, config.key_file)
+
+    def tls_context(self) -> ssl.SSLContext:
+        assert self._ssl_context is not None
+        return self._ssl_context
+
+    def set_tls_context(self, ctx: ssl.SSLContext) -> None:
+        self._ssl_context = ctx
+
+    # --- listener -----------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        cfg = self.config
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: TunnelProtocol(self), sock=sock)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: TunnelProtocol(self),
+                host=cfg.listen_host or None,
+                port=cfg.listen_port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        self.log.info("listening", addr=self.address)
+        for route in cfg.routes.values():
+            self.log.info(
+                "route configured", route=route.key, host=self.router.public_host(route), upstream=route.upstream
+            )
+        for warning in cfg.warnings:
+            self.log.warn(warning)
+
+    @property
+    def address(self) -> str:
+        if self._server is None or not self._server.sockets:
+            return "-"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, timeout: float) -> None:
+        """Drain: refuse new tunnels, let requests in flight finish, close idle connections."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + timeout
+        for tunnel in list(self.tunnels):
+            if tunnel.http is None or not tunnel.http.exchanges:
+                tunnel.close_gracefully()
+        while any(t.http is not None and t.http.exchanges for t in self.tunnels):
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                break
+            self._idle_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle_event.wait(), remaining)
+            except TimeoutError:
+                break
+        for tunnel in list(self.tunnels):
+            if tunnel.http is not None:
+                tunnel.http.abort("shutdown")
+            tunnel.close_gracefully()
+        self.connector.close_idle()
+        if self._server is not None:
+            self._server.close()
+
+    # --- events from tunnels (metrics hook points) --------------------------------------
+
+    def admission(self) -> str | None:
+        """Why a new tunnel must be refused, or None."""
+        if self.draining:
+            return "proxy is shutting down"
+        if len(self.tunnels) > self.limits.max_connections:
+            return "too many tunnel connections"
+        return None
+
+    def tunnel_opened(self, tunnel: TunnelProtocol) -> None:
+        self.tunnels.add(tunnel)
+
+    def tunnel_closed(self, tunnel: TunnelProtocol) -> None:
+        self.tunnels.discard(tunnel)
+        self._wake_drain()
+
+    def handshake_failed(self, tunnel: TunnelProtocol, reason: str) -> None:
+        self.log.warn(f"tls handshake failed: {reason}", peer=tunnel.peer, reason=reason)
+
+    def handshake_succeeded(self, tunnel: TunnelProtocol) -> None:
+        if self.log.debug_enabled:
+            self.log.debug("tls handshake completed", peer=tunnel.peer, sni=tunnel.sni or "-")
+
+    def request_finished(self, ex: Exchange) -> None:
+        pass
+
+    def exchange_idle(self, tunnel: TunnelProtocol) -> None:
+        if self.draining:
+            tunnel.close_gracefully()
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        event = getattr(self, "_idle_event", None)
+        if event is not None:
+            event.set()

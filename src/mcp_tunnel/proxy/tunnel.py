@@ -1,0 +1,285 @@
+"""One tunnel connection: WebSocket framing, then the inner TLS session (SPEC §2).
+
+This layer only moves bytes: WebSocket frames (websockets' sans-I/O protocol) carry one TLS
+byte stream (`TLSSession`), whose plaintext goes to the inner HTTP/1.1 connection. Message
+boundaries mean nothing; binary payloads are fed to TLS as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from mcp_tunnel.proxy.http_server import InnerHTTP
+from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
+
+if TYPE_CHECKING:
+    from mcp_tunnel.proxy.server import ProxyServer
+
+MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
+MAX_OUT_MESSAGE = 64 * 1024
+HIGH_WATER = 256 * 1024
+
+NOT_A_TUNNEL = (
+    "This listener expects a WebSocket carrying TLS (an MCP tunnel connection from cloudflared); "
+    "plain HTTP requests are not served here.\n"
+)
+
+
+class TunnelProtocol(asyncio.Protocol):
+    """The proxy end of one WebSocket from cloudflared."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.ws = ServerProtocol(extensions=None, subprotocols=None, max_size=MAX_MESSAGE)
+        self.tls: TLSSession | None = None
+        self.http: InnerHTTP | None = None
+        self.peer = "-"
+        self.sni: str | None = None
+        self.closing = False
+        self._text_message = False
+        self._sniffed = False
+        self._paused_writing = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.server.tunnel_opened(self)
+        self._timer = self.server.loop.call_later(self.server.limits.handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self.http is not None:
+            self.http.abort("tunnel connection lost")
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError("tunnel connection lost"))
+        self._drain_waiters.clear()
+        self.server.tunnel_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._sniffed:
+            self._sniffed = True
+            if data[:1] == b"\x16":
+                self.server.log.warn(
+                    "tls handshake on the WebSocket listener: the listener is plain WebSocket, "
+                    "TLS belongs inside it (curl https://... to this port is expected to fail)",
+                    peer=self.peer,
+                )
+                self._abort_transport()
+                return
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Request):
+                self._upgrade(event)
+        if ws.state is State.CONNECTING and ws.handshake_exc is not None:
+            # websockets could not parse a request at all (another method, HTTP/1.0, garbage).
+            self._plain_http_answer()
+            return
+        self._flush_ws()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush_ws()
+        return None
+
+    # --- the WebSocket upgrade ---------------------------------------------------------
+
+    def _upgrade(self, request: Request) -> None:
+        ws = self.ws
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            self._send_ws_response(ws.reject(400, NOT_A_TUNNEL))
+            self.server.log.info("non-websocket request on tunnel listener", peer=self.peer)
+            return
+        refusal = self.server.admission()
+        if refusal:
+            self._send_ws_response(ws.reject(503, refusal + "\n"))
+            self.server.log.warn("tunnel connection refused", peer=self.peer, reason=refusal)
+            return
+        response = ws.accept(request)
+        ws.send_response(response)
+        if response.status_code != 101:
+            self.server.log.info("websocket handshake refused", peer=self.peer, status=response.status_code)
+            return
+        self.tls = TLSSession(self.server.tls_context(), server_side=True)
+        self.http = InnerHTTP(self.server, self)
+        self.server.log.debug("tunnel connection opened", peer=self.peer)
+
+    def _send_ws_response(self, response: object) -> None:
+        self.ws.send_response(response)  # type: ignore[arg-type]
+        self._flush_ws()
+
+    def _plain_http_answer(self) -> None:
+        body = NOT_A_TUNNEL.encode()
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            self.transport.close()
+
+    # --- frames ------------------------------------------------------------------------
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or (opcode is Opcode.CONT and not self._text_message):
+            self._ciphertext(bytes(frame.data))
+        elif opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            self._text_message = not frame.fin
+            if self.ws.state is State.OPEN:
+                self.server.log.info("text message on tunnel, closing", peer=self.peer)
+                self.ws.send_close(CloseCode.UNSUPPORTED_DATA, "binary messages only")
+                if self.http is not None:
+                    self.http.abort("text message on tunnel")
+        elif opcode is Opcode.CLOSE:
+            if self.http is not None and self.tls is not None and not self.tls.closed_by_peer:
+                self.http.abort("websocket closed without close_notify")
+
+    def _ciphertext(self, data: bytes) -> None:
+        tls, http = self.tls, self.http
+        if tls is None or http is None or self.closing:
+            return
+        handshaking = not tls.handshake_done
+        try:
+            plaintext = tls.receive(data)
+        except TLSHandshakeError as exc:
+            self.server.handshake_failed(self, exc.reason)
+            self._flush_tls()  # the alert we generated reaches the peer
+            self._close_ws(CloseCode.NORMAL_CLOSURE, "tls handshake failed")
+            return
+        except Exception as exc:  # a corrupt record after the handshake
+            self.server.log.info("tls stream error", peer=self.peer, error=str(exc))
+            http.abort("tls stream error")
+            self._flush_tls()
+            self._close_ws(CloseCode.PROTOCOL_ERROR, "tls error")
+            return
+        if handshaking and tls.handshake_done:
+            self._cancel_timer()
+            self.sni = tls.ssl_object.server_hostname
+            self.server.handshake_succeeded(self)
+            http.start()
+        if plaintext:
+            http.feed(plaintext)
+        if tls.closed_by_peer:
+            http.peer_closed()
+        self._flush_tls()
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_plain(self, data: bytes) -> None:
+        """Encrypt and frame plaintext for the peer, at once."""
+        tls = self.tls
+        if tls is None or self.closing or self.transport is None or self.transport.is_closing():
+            return
+        tls.send(data)
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        out = tls.outgoing()
+        if out:
+            ws = self.ws
+            if ws.state is State.OPEN:
+                for i in range(0, len(out), MAX_OUT_MESSAGE):
+                    ws.send_binary(out[i : i + MAX_OUT_MESSAGE])
+        self._flush_ws()
+
+    def _flush_ws(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        chunks = self.ws.data_to_send()
+        if not chunks:
+            return
+        eof = False
+        if chunks[-1] == b"":
+            eof = True
+            chunks = chunks[:-1]
+        if chunks and not transport.is_closing():
+            transport.writelines(chunks)
+        if eof or self.ws.close_expected():
+            transport.close()
+
+    async def drain(self) -> None:
+        """Wait until the peer has taken enough of what we sent (backpressure)."""
+        if not self._paused_writing:
+            return
+        waiter: asyncio.Future[None] = self.server.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    # --- closing -----------------------------------------------------------------------
+
+    def close_gracefully(self) -> None:
+        """TLS close_notify first, then WebSocket close 1000 (SPEC §2)."""
+        if self.closing:
+            return
+        if self.tls is not None and self.tls.handshake_done:
+            self.tls.close()
+            self._flush_tls()
+        self._close_ws(CloseCode.NORMAL_CLOSURE, "")
+
+    def close_abruptly(self) -> None:
+        """End the inner connection without close_notify so the client sees a truncation."""
+        self._close_ws(CloseCode.INTERNAL_ERROR, "upstream failed")
+
+    def _close_ws(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+        self._flush_ws()
+        self._cancel_timer()
+        # The peer should answer our close; do not wait for it forever.
+        self._timer = self.server.loop.call_later(5.0, self._abort_transport)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        self.server.log.info("tunnel handshake timed out", peer=self.peer)
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def set_timer(self, delay: float, callback: object) -> None:
+        """One timer per connection (idle or header-read), replaced as the state moves on."""
+        self._cancel_timer()
+        if delay > 0:
+            self._timer = self.server.loop.call_later(delay, callback)  # type: ignore[arg-type]
+
+    cancel_timer = _cancel_timer
