@@ -559,7 +559,7 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
     except OSError as exc:
         raise _open_failure(doc, None, None, path, exc) from None
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a BOM is allowed, as in Go's yaml
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise doc.error(
