@@ -267,7 +267,7 @@ def _signed_by(
         r.add("server.signed_by_ca", req, None, "no CA to check against")
     else:
         try:
-            server.verify_directly_issued_by(ca)
+            _verify_issued_by(server, ca)
         except InvalidSignature:
             r.add("server.signed_by_ca", req, False, "the signature does not verify with the CA's public key")
         except ValueError as exc:
@@ -294,6 +294,24 @@ def _signed_by(
         r.add("server.authority_key_identifier", req, False, f"{aki_id.hex(':')} != CA {ca_ski.hex(':')}")
     else:
         r.add("server.authority_key_identifier", req, True, aki_id.hex(":"))
+
+
+def _verify_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
+    """`verify_directly_issued_by`, but also for legacy hashes (SHA-1), so a SHA-1 certificate
+    fails only the hash requirement and not this one too."""
+    if cert.issuer != ca.subject:
+        raise ValueError(
+            f"issuer {cert.issuer.rfc4514_string()} is not the CA's subject {ca.subject.rfc4514_string()}"
+        )
+    public = ca.public_key()
+    alg = cert.signature_hash_algorithm
+    params = cert.signature_algorithm_parameters
+    if isinstance(public, rsa.RSAPublicKey) and alg is not None and params is not None:
+        public.verify(cert.signature, cert.tbs_certificate_bytes, params, alg)  # type: ignore[arg-type]
+    elif isinstance(public, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+        public.verify(cert.signature, cert.tbs_certificate_bytes, params)
+    else:
+        cert.verify_directly_issued_by(ca)
 
 
 def _san(r: _Report, server: x509.Certificate, domain: str | None) -> None:
