@@ -312,3 +312,37 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# -- running a check as another uid ---------------------------------------------------------------
+
+
+def call_as(uid: int, fn: Callable[[], str]) -> str:
+    """Run `fn` in a forked child that dropped to `uid` (we run as root in CI); return its text.
+
+    A fork rather than a subprocess: the venv's interpreter may live under a directory another uid
+    cannot enter.
+    """
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        status = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(w, fn().encode())
+            status = 0
+        except BaseException as exc:
+            os.write(w, f"child raised {type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        out = fh.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out

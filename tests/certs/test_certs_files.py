@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from certs_support import call_as
 
 from mcp_tunnel.certs import files
 from mcp_tunnel.certs.files import permission_denied_message, read_bytes, write_atomic
@@ -83,30 +84,14 @@ def test_unreadable_key_gives_the_spec_error_for_a_real_other_uid() -> None:
 
 
 def _read_as(uid: int, path: Path) -> str:
-    """read_bytes in a forked child that dropped to `uid`; returns the error line it got."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        status = 1
+    def read() -> str:
         try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            try:
-                read_bytes(path, "server key")
-                os.write(w, b"READ SUCCEEDED")
-            except CertificateError as exc:
-                os.write(w, str(exc).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(w)
-    with os.fdopen(r, "rb") as fh:
-        out = fh.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return out
+            read_bytes(path, "server key")
+        except CertificateError as exc:
+            return str(exc)
+        return "READ SUCCEEDED"
+
+    return call_as(uid, read)
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
