@@ -873,6 +873,7 @@ def test_ca_file_missing(files: Files) -> None:
         b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         b"\xff\xfe",
         b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        b"-----BEGIN CERTIFICATE-----\nMIIB\xff\n-----END CERTIFICATE-----\n",
     ],
 )
 def test_ca_file_not_pem(files: Files, content: bytes) -> None:
@@ -887,6 +888,11 @@ def test_ca_file_not_pem(files: Files, content: bytes) -> None:
         f'found "{files.root}/ca.pem"',
         "expected a PEM bundle of CA certificates",
     )
+    reason = load_error(path).split(f'found "{files.root}/ca.pem" (', 1)[1].split(")", 1)[0]
+    assert reason.startswith(
+        ("no PEM certificate", "not PEM text: byte 0x", "the TLS library refused it: ")
+    ), reason
+    assert "None" not in reason and "_ssl.c" not in reason
 
 
 @pytest.fixture
@@ -1043,6 +1049,29 @@ def test_listen_addr_errors(files: Files, value: str, why: str) -> None:
 def test_admin_addr_must_differ_from_listen_addr(files: Files) -> None:
     path = files.minimal('admin_addr: "0.0.0.0:8080"\n')
     assert_shape(load_error(path), path, 8, "admin_addr", "must differ from listen_addr", "port 8080")
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin", "clash"),
+    [
+        (":8080", "127.0.0.1:8080", True),
+        ("127.0.0.1:8080", "0.0.0.0:8080", True),
+        ("127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("10.0.0.1:8080", "127.0.0.1:8080", False),
+        (":8080", ":9090", False),
+        ("127.0.0.1:0", "127.0.0.1:0", False),  # two ephemeral ports never clash
+    ],
+)
+def test_admin_addr_against_listen_addr(files: Files, listen: str, admin: str, clash: bool) -> None:
+    path = files.write(
+        f'listen_addr: "{listen}"\nadmin_addr: "{admin}"\n'
+        "tls:\n  cert_file: @DIR@/tls.crt\n  key_file: @DIR@/tls.key\nroutes: {a.example.com: http://h:1}\n"
+    )
+    if clash:
+        assert_shape(load_error(path), path, 2, "admin_addr", "must differ from listen_addr")
+    else:
+        cfg = load_config(path, environ={})
+        assert (cfg.admin_host, cfg.admin_port) == (admin.rsplit(":", 1)[0], int(admin.rsplit(":", 1)[1]))
 
 
 def test_admin_addr_errors(files: Files) -> None:

@@ -18,11 +18,11 @@ import re
 import socket
 import ssl
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -171,6 +171,8 @@ class _Doc:
     def warn(self, node: Node, fld: str, message: str) -> None:
         self.warnings.append(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " "))
 
+
+_T = TypeVar("_T")
 
 # A mapping as read from the file: key text -> (key node, value node), in file order.
 _Entries = dict[str, tuple[Node, Node]]
@@ -353,13 +355,15 @@ def _duration(doc: _Doc, node: Node, fld: str, *, allow_zero: bool) -> float:
 
 
 def _int(doc: _Doc, node: Node, fld: str, *, minimum: int) -> int:
+    """A plain decimal count (``_`` separators allowed); no units, so nothing is ambiguous."""
     expected = f"a whole number >= {minimum}"
     text = _string(doc, node, fld, expected)
-    if not re.fullmatch(r"[0-9]+", text.replace("_", "")) or int(text.replace("_", "")) < minimum:
-        raise doc.error(
-            node, fld, "out of range" if text.isdigit() else "not a number", found=_q(text), expected=expected
-        )
-    return int(text.replace("_", ""))
+    digits = text.replace("_", "")
+    if not re.fullmatch(r"[0-9]+", digits):
+        raise doc.error(node, fld, "not a number", found=_q(text), expected=expected)
+    if int(digits) < minimum:
+        raise doc.error(node, fld, "out of range", found=_q(text), expected=expected)
+    return int(digits)
 
 
 def _host_port(doc: _Doc, node: Node, fld: str) -> tuple[str, int]:
@@ -482,14 +486,17 @@ def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
     expected = "a PEM bundle of CA certificates (-----BEGIN CERTIFICATE-----)"
     try:
         text = data.decode("ascii")
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError("no PEM certificate found")
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
-    except (UnicodeDecodeError, ValueError, ssl.SSLError) as exc:
-        reason = exc.reason if isinstance(exc, UnicodeDecodeError | ssl.SSLError) else str(exc)
-        raise doc.error(
-            node, fld, "not a usable CA bundle", found=f"{_q(path)} ({reason})", expected=expected
-        ) from None
+    except UnicodeDecodeError as exc:
+        reason = f"not PEM text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+    else:
+        reason = "" if "-----BEGIN CERTIFICATE-----" in text else "no PEM certificate in it"
+    if not reason:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+            return
+        except (ssl.SSLError, ValueError) as exc:
+            reason = "the TLS library refused it: " + re.sub(r" \(_ssl\.c:\d+\)", "", str(exc))
+    raise doc.error(node, fld, "not a usable CA bundle", found=f"{_q(path)} ({reason})", expected=expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,10 +526,14 @@ def load_config(
     routes = _routes_section(doc, _required(doc, top, "routes", "", root), upstream, domain)
     admin_host, admin_port = _admin_addr(doc, _optional(top, "admin_addr"), listen_host, listen_port)
 
-    log_level = _node_or(top, "log_level", lambda n: _choice(doc, n, "log_level", LOG_LEVELS), "info")
-    log_format = _node_or(top, "log_format", lambda n: _choice(doc, n, "log_format", LOG_FORMATS), "text")
-    shutdown = _node_or(
-        top, "shutdown_timeout", lambda n: _duration(doc, n, "shutdown_timeout", allow_zero=True), 30.0
+    log_level = _or(_optional(top, "log_level"), "info", lambda n: _choice(doc, n, "log_level", LOG_LEVELS))
+    log_format = _or(
+        _optional(top, "log_format"), "text", lambda n: _choice(doc, n, "log_format", LOG_FORMATS)
+    )
+    shutdown = _or(
+        _optional(top, "shutdown_timeout"),
+        30.0,
+        lambda n: _duration(doc, n, "shutdown_timeout", allow_zero=True),
     )
     limits = _limits_section(doc, _optional(top, "limits"))
 
@@ -546,8 +557,8 @@ def load_config(
     )
 
 
-def _node_or(entries: _Entries, key: str, convert: Any, default: Any) -> Any:
-    node = _optional(entries, key)
+def _or(node: Node | None, default: _T, convert: Callable[[Node], _T]) -> _T:
+    """The default for an absent (or null) value, else the converted value."""
     return default if node is None else convert(node)
 
 
@@ -628,9 +639,10 @@ def _tls_section(doc: _Doc, node: Node) -> tuple[str, str, float]:
             raise doc.error(value, fld, "is required", found='""', expected="a file path")
         _probe_readable(doc, value, fld, path)
         paths.append(path)
-    reload_node = _optional(entries, "reload_interval")
-    interval = (
-        2.0 if reload_node is None else _duration(doc, reload_node, "tls.reload_interval", allow_zero=False)
+    interval = _or(
+        _optional(entries, "reload_interval"),
+        2.0,
+        lambda n: _duration(doc, n, "tls.reload_interval", allow_zero=False),
     )
     return paths[0], paths[1], interval
 
@@ -642,7 +654,9 @@ def _admin_addr(
     if node is None:
         return None, None
     host, port = _host_port(doc, node, "admin_addr")
-    if port == listen_port and port != 0 and (host == listen_host or not host or not listen_host):
+    wildcard = ("", "0.0.0.0", "::")
+    overlaps = host == listen_host or host in wildcard or listen_host in wildcard
+    if port == listen_port and port != 0 and overlaps:
         raise doc.error(
             node,
             "admin_addr",
@@ -683,17 +697,14 @@ def _upstream_section(doc: _Doc, node: Node | None) -> UpstreamSettings:
             "upstream IP validation is off: no SSRF protection",
         )
 
-    host_node = _optional(entries, "host_header")
-    host_header = (
-        "original"
-        if host_node is None
-        else _choice(doc, host_node, "upstream.host_header", HOST_HEADER_MODES)
-    )
-    tls_node = _optional(entries, "tls")
     return UpstreamSettings(
         policy=IPPolicy(networks=networks, disabled=disabled),
-        tls=UpstreamTLS() if tls_node is None else _upstream_tls(doc, tls_node),
-        host_header=host_header,
+        tls=_or(_optional(entries, "tls"), UpstreamTLS(), lambda n: _upstream_tls(doc, n)),
+        host_header=_or(
+            _optional(entries, "host_header"),
+            "original",
+            lambda n: _choice(doc, n, "upstream.host_header", HOST_HEADER_MODES),
+        ),
     )
 
 
