@@ -209,9 +209,10 @@ def _phrase(status: int) -> bytes:
 def error_response(error: ProxyError, *, keep_alive: bool) -> bytes:
     """The proxy's own answer: one short line of plain text, never an internal address."""
     body = error.body.encode() + b"\n"
-    head = (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-        % (error.status, _phrase(error.status), len(body))
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
+        error.status,
+        _phrase(error.status),
+        len(body),
     )
     if not keep_alive:
         head += b"Connection: close\r\n"

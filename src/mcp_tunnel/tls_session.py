@@ -7,6 +7,7 @@ ciphertext to send. This keeps per-connection memory small and lets a TLS alert 
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 ALPN = ["http/1.1"]
@@ -51,10 +52,10 @@ _REASONS = {
 def alert_reason(exc: ssl.SSLError) -> str:
     """Map an OpenSSL reason code to the phrase the official troubleshooting uses."""
     code = getattr(exc, "reason", None) or ""
-    if code in _REASONS:
-        return _REASONS[code]
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message}"
+    if code in _REASONS:
+        return _REASONS[code]
     return code.lower().replace("_", " ") if code else str(exc)
 
 
@@ -66,7 +67,9 @@ class TLSSession:
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self._obj = ctx.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
         self.handshake_done = False
         self.closed_by_peer = False
 
@@ -130,7 +133,5 @@ class TLSSession:
 
     def close(self) -> None:
         """Queue our close_notify."""
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError):
             self._obj.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLError):
-            pass

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from mcp_tunnel.errors import TunnelClientError
 from support.pki import PKI
 from support.proxy import start_proxy
-from support.upstreams import RecordingUpstream, Received
+from support.upstreams import Received, RecordingUpstream
 
 
 async def test_request_and_headers_forwarded(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
@@ -77,7 +77,9 @@ async def test_host_header_upstream_option(tmp: Path, pki: PKI, upstream: Record
     await proxy.stop()
 
 
-async def test_full_hostname_route_and_case_port_dot(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_full_hostname_route_and_case_port_dot(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     proxy = await start_proxy(tmp, pki, {"Wiki.Tunnel.Test": f"http://127.0.0.1:{upstream.port}"})
     conn = await proxy.client().connect(pki.host("wiki"))
     resp = await conn.request("GET", "/a", host="WIKI.tunnel.test.:443")
@@ -87,7 +89,9 @@ async def test_full_hostname_route_and_case_port_dot(tmp: Path, pki: PKI, upstre
     await proxy.stop()
 
 
-async def test_many_requests_one_connection_keepalive(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_many_requests_one_connection_keepalive(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
     conn = await proxy.client().connect(pki.host("echo"))
     for i in range(20):
@@ -109,7 +113,9 @@ async def test_tls_stream_in_one_byte_messages(tmp: Path, pki: PKI, upstream: Re
     await proxy.stop()
 
 
-async def test_many_records_coalesced_in_one_message(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_many_records_coalesced_in_one_message(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
     conn = await proxy.client(max_message=1 << 20).connect(pki.host("echo"))
     host = pki.host("echo")
@@ -164,7 +170,9 @@ async def test_sse_not_buffered(tmp: Path, pki: PKI) -> None:
     client_saw_first = asyncio.Event()
 
     async def sse(req: Received, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         event = b"data: one\n\n"
         writer.write(b"%x\r\n%s\r\n" % (len(event), event))
         await writer.drain()
@@ -190,7 +198,9 @@ async def test_sse_not_buffered(tmp: Path, pki: PKI) -> None:
 
 async def test_redirect_passed_back_not_followed(tmp: Path, pki: PKI) -> None:
     async def redirect(req: Received, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/elsewhere\r\nContent-Length: 0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/elsewhere\r\nContent-Length: 0\r\n\r\n"
+        )
 
     up = await RecordingUpstream(handler=redirect).start()
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{up.port}"})
@@ -226,7 +236,9 @@ async def test_client_disconnect_cancels_upstream(tmp: Path, pki: PKI) -> None:
     started = asyncio.Event()
 
     async def slow(req: Received, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         writer.write(b"5\r\nfirst\r\n")
         await writer.drain()
         started.set()
@@ -271,7 +283,10 @@ async def test_upstream_dying_mid_body_is_a_visible_truncation(tmp: Path, pki: P
 
 async def test_plain_http_on_listener_gets_400(tmp: Path, pki: PKI) -> None:
     proxy = await start_proxy(tmp, pki, {"echo": "http://127.0.0.1:9"})
-    for request in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"):
+    for request in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
         writer.write(request)
         data = await asyncio.wait_for(reader.read(), 5)
@@ -286,13 +301,18 @@ async def test_raw_tls_on_listener_is_logged_and_closed(tmp: Path, pki: PKI) -> 
     ctx = ssl.create_default_context(cafile=str(pki.ca_file))
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", proxy.server.port, ssl=ctx, server_hostname=pki.host("echo")), 5
+            asyncio.open_connection(
+                "127.0.0.1", proxy.server.port, ssl=ctx, server_hostname=pki.host("echo")
+            ),
+            5,
         )
     assert proxy.log_has("the listener is plain WebSocket, TLS belongs inside it")
     await proxy.stop()
 
 
-async def test_graceful_close_sends_close_notify_then_1000(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_graceful_close_sends_close_notify_then_1000(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
     conn = await proxy.client().connect(pki.host("echo"))
     resp = await conn.request("GET", "/", host=pki.host("echo"), headers=[("Connection", "close")])

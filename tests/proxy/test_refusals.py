@@ -14,7 +14,8 @@ HOST = "echo.tunnel.test"
 
 CASES = {
     "cl_and_te": (
-        f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         400,
         "Bad request",  # llhttp refuses this shape before our own check would
     ),
@@ -46,7 +47,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-async def test_refused_and_never_forwarded(name: str, tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_refused_and_never_forwarded(
+    name: str, tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     raw, status, phrase = CASES[name]
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
     conn = await proxy.client().connect(HOST)

@@ -64,7 +64,9 @@ async def test_allowed_when_listed_and_cidr_edges(tmp: Path, pki: PKI, upstream:
     await proxy.stop()
 
 
-async def test_mixed_answer_connects_only_to_allowed(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_mixed_answer_connects_only_to_allowed(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     resolver = ScriptedResolver({"mix.internal": [["8.8.8.8", "127.0.0.1", "1.1.1.1"]]})
     proxy = await start_proxy(
         tmp,
@@ -78,7 +80,9 @@ async def test_mixed_answer_connects_only_to_allowed(tmp: Path, pki: PKI, upstre
     await proxy.stop()
 
 
-async def test_answer_changing_after_check_cannot_redirect(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_answer_changing_after_check_cannot_redirect(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     """Rebinding: the first answer is vetted and used; a second lookup never happens."""
     resolver = ScriptedResolver({"rebind.internal": [["127.0.0.1"], ["8.8.8.8"]]})
     proxy = await start_proxy(
@@ -101,7 +105,11 @@ async def test_answer_changing_after_check_cannot_redirect(tmp: Path, pki: PKI, 
 async def test_dns_failure_fails_closed(tmp: Path, pki: PKI) -> None:
     resolver = ScriptedResolver({})
     proxy = await start_proxy(
-        tmp, pki, {"echo": "http://gone.internal:80"}, resolver=resolver, upstream={"allowed_ips": ["0.0.0.0/0"]}
+        tmp,
+        pki,
+        {"echo": "http://gone.internal:80"},
+        resolver=resolver,
+        upstream={"allowed_ips": ["0.0.0.0/0"]},
     )
     status, body = await _get(proxy)
     assert status == 502
@@ -109,11 +117,16 @@ async def test_dns_failure_fails_closed(tmp: Path, pki: PKI) -> None:
     await proxy.stop()
 
 
-async def test_odd_ipv4_spellings_judged_by_their_address(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+async def test_odd_ipv4_spellings_judged_by_their_address(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
     """The system resolver turns 127.1, 0x7f.1 and 2130706433 into 127.0.0.1; that is what is judged."""
     for spelling in ("127.1", "0x7f.1", "2130706433"):
         proxy = await start_proxy(
-            tmp, pki, {"echo": f"http://{spelling}:{upstream.port}"}, upstream={"allowed_ips": ["127.0.0.1/32"]}
+            tmp,
+            pki,
+            {"echo": f"http://{spelling}:{upstream.port}"},
+            upstream={"allowed_ips": ["127.0.0.1/32"]},
         )
         assert (await _get(proxy))[0] == 200, spelling
         await proxy.stop()
@@ -135,7 +148,9 @@ async def test_disable_ip_validation(tmp: Path, pki: PKI, upstream: RecordingUps
 
 async def test_https_upstream_verified_with_configured_ca(tmp: Path, pki: PKI) -> None:
     ca, ca_key = generate_ca()
-    cert, key = issue_server_cert(ca, ca_key, "svc.internal", duration=timedelta(days=1), key_type="ecdsa-p256")
+    cert, key = issue_server_cert(
+        ca, ca_key, "svc.internal", duration=timedelta(days=1), key_type="ecdsa-p256"
+    )
     write_atomic(tmp / "up-ca.crt", pem_cert(ca), 0o644)
     write_atomic(tmp / "up.crt", pem_cert(cert), 0o644)
     write_atomic(tmp / "up.key", pem_key(key), 0o600)

@@ -35,7 +35,9 @@ Handler = Callable[[Received, asyncio.StreamWriter], Awaitable[None]]
 
 async def default_handler(req: Received, writer: asyncio.StreamWriter) -> None:
     body = f"{req.method} {req.target} {len(req.body)}\n".encode()
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
 
 
 class _Parser:

@@ -8,9 +8,11 @@ another inside. Knobs exist for the odd shapes tests need (tiny WebSocket messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 from websockets.asyncio.client import ClientConnection, connect
@@ -58,7 +60,17 @@ class Response:
 
 
 class _ResponseReader:
-    __slots__ = ("body", "complete", "head_only", "headers", "headers_done", "keep_alive", "parser", "reason", "status")
+    __slots__ = (
+        "body",
+        "complete",
+        "head_only",
+        "headers",
+        "headers_done",
+        "keep_alive",
+        "parser",
+        "reason",
+        "status",
+    )
 
     def __init__(self, head_only: bool) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -108,7 +120,7 @@ class TunnelConnection:
         return self.tls.ssl_object.selected_alpn_protocol()
 
     @property
-    def peer_certificate(self) -> dict[str, object] | None:
+    def peer_certificate(self) -> dict[str, Any] | None:
         return self.tls.ssl_object.getpeercert()
 
     def peer_certificate_der(self) -> bytes | None:
@@ -138,21 +150,26 @@ class TunnelConnection:
         try:
             self._plain += self.tls.receive(message)
         except TLSHandshakeError as exc:
-            raise TunnelClientError("tls", f"TLS handshake failed: {exc.reason}") from None
+            await self._flush_quietly()  # our alert tells the proxy why (unknown ca, ...)
+            raise TunnelClientError("tls", exc.reason) from None
         except ssl.SSLError as exc:
             raise TunnelClientError("tls", f"TLS error: {exc}") from None
         await self._flush()
         return True
 
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(TunnelClientError):
+            await self._flush()
+
     async def handshake(self) -> None:
         try:
             self.tls.start_handshake()
         except TLSHandshakeError as exc:
-            raise TunnelClientError("tls", f"TLS handshake failed: {exc.reason}") from None
+            raise TunnelClientError("tls", exc.reason) from None
         await self._flush()
         while not self.tls.handshake_done:
             if not await self._recv():
-                raise TunnelClientError("tls", "TLS handshake failed: proxy closed the connection")
+                raise TunnelClientError("tls", "proxy closed the connection during the handshake")
 
     async def send_raw(self, plaintext: bytes) -> None:
         """Write plaintext bytes into the TLS stream as they are (tests use this for bad requests)."""
@@ -285,12 +302,14 @@ class TunnelClient:
                     open_timeout=self.timeout,
                 )
         except TimeoutError:
-            raise TunnelClientError("timeout", f"no WebSocket to {self.proxy_url} within {self.timeout:g}s") from None
+            raise TunnelClientError(
+                "timeout", f"no WebSocket connection to {self.proxy_url} within {self.timeout:g}s"
+            ) from None
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise TunnelClientError("websocket", f"WebSocket refused by {self.proxy_url}: HTTP {status}") from None
+            raise TunnelClientError("websocket", f"{self.proxy_url} answered HTTP {status}") from None
         except (OSError, InvalidHandshake) as exc:
-            raise TunnelClientError("websocket", f"WebSocket to {self.proxy_url} failed: {exc}") from None
+            raise TunnelClientError("websocket", f"{self.proxy_url}: {exc}") from None
         tls = TLSSession(self.ssl_context, server_side=False, server_hostname=self.server_hostname or host)
         conn = TunnelConnection(ws, tls, max_message=self.max_message, timeout=self.timeout)
         try:

@@ -19,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcp-proxy", description="MCP tunnel proxy")
     p.add_argument("-config", "--config", default=DEFAULT_CONFIG_PATH, help="config file (YAML)")
     p.add_argument("-tunnel-domain", "--tunnel-domain", default=None, help="override tunnel_domain")
-    p.add_argument("-check", "--check", action="store_true", help="validate config and certificate, then exit")
+    p.add_argument(
+        "-check", "--check", action="store_true", help="validate config and certificate, then exit"
+    )
     return p
 
 
@@ -60,7 +62,6 @@ def main(argv: list[str]) -> int:
 async def serve(config: Config, log: Logger, ctx: ssl.SSLContext) -> int:
     """Run until SIGTERM/SIGINT, then drain within shutdown_timeout; a second signal exits at once."""
     server = ProxyServer(config, log, ssl_context=ctx)
-    await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -77,6 +78,7 @@ async def serve(config: Config, log: Logger, ctx: ssl.SSLContext) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    await server.start()  # after the handlers: a signal right after "listening" must drain
     await stop.wait()
     await server.stop(config.shutdown_timeout)
     log.info("stopped")

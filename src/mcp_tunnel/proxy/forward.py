@@ -244,10 +244,10 @@ class Forwarder:
         finally:
             if sender is not None and not sender.done():
                 sender.cancel()
-        body_sent = sender is None or (sender.done() and not sender.cancelled() and sender.exception() is None)
-        return (
-            body_sent and rr.complete and rr.keep_alive and head.method != "HEAD" and not reader.at_eof()
+        body_sent = sender is None or (
+            sender.done() and not sender.cancelled() and sender.exception() is None
         )
+        return body_sent and rr.complete and rr.keep_alive and head.method != "HEAD" and not reader.at_eof()
 
     @staticmethod
     def _feed(rr: ResponseReader, data: bytes) -> None:
@@ -265,7 +265,9 @@ class Forwarder:
         lines += [n + b": " + v for n, v in rr.headers]
         tunnel.send_plain(b"\r\n".join(lines) + b"\r\n\r\n")
 
-    async def _send_body(self, http: InnerHTTP, ex: Exchange, conn: UpstreamConnection, chunked: bool) -> None:
+    async def _send_body(
+        self, http: InnerHTTP, ex: Exchange, conn: UpstreamConnection, chunked: bool
+    ) -> None:
         writer = conn.writer
         while True:
             piece = await ex.body.read()

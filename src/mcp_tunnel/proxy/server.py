@@ -81,7 +81,10 @@ class ProxyServer:
         self.log.info("listening", addr=self.address)
         for route in cfg.routes.values():
             self.log.info(
-                "route configured", route=route.key, host=self.router.public_host(route), upstream=route.upstream
+                "route configured",
+                route=route.key,
+                host=self.router.public_host(route),
+                upstream=route.upstream,
             )
         for warning in cfg.warnings:
             self.log.warn(warning)
@@ -98,12 +101,12 @@ class ProxyServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, grace: float) -> None:
         """Drain: refuse new tunnels, let requests in flight finish, close idle connections."""
         self.draining = True
         if self._server is not None:
             self._server.close()
-        deadline = self.loop.time() + timeout
+        deadline = self.loop.time() + grace
         for tunnel in list(self.tunnels):
             if tunnel.http is None or not tunnel.http.exchanges:
                 tunnel.close_gracefully()

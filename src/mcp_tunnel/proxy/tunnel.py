@@ -58,7 +58,9 @@ class TunnelProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.server.tunnel_opened(self)
-        self._timer = self.server.loop.call_later(self.server.limits.handshake_timeout, self._handshake_timeout)
+        self._timer = self.server.loop.call_later(
+            self.server.limits.handshake_timeout, self._handshake_timeout
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -157,9 +159,9 @@ class TunnelProtocol(asyncio.Protocol):
                 self.ws.send_close(CloseCode.UNSUPPORTED_DATA, "binary messages only")
                 if self.http is not None:
                     self.http.abort("text message on tunnel")
-        elif opcode is Opcode.CLOSE:
-            if self.http is not None and self.tls is not None and not self.tls.closed_by_peer:
-                self.http.abort("websocket closed without close_notify")
+        elif opcode is Opcode.CLOSE and self.http is not None and not (self.tls and self.tls.closed_by_peer):
+            # A WebSocket that closes without close_notify aborts what is in flight.
+            self.http.abort("websocket closed without close_notify")
 
     def _ciphertext(self, data: bytes) -> None:
         tls, http = self.tls, self.http

@@ -129,7 +129,9 @@ class Connector:
         except TimeoutError:
             raise UpstreamTimeout(f"resolving {route.host} timed out") from None
         except OSError as exc:
-            self.log.warn("upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc))
+            self.log.warn(
+                "upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc)
+            )
             raise UpstreamUnreachable(f"cannot resolve {route.host}: {exc}") from None
         allowed, refused = self.settings.policy.partition(addresses)
         if not allowed:
@@ -140,7 +142,9 @@ class Connector:
                 upstream=route.upstream,
                 resolved=",".join(addresses) or "none",
             )
-            raise UpstreamRefused(f"{route.host} resolved only to refused addresses", addresses=tuple(refused))
+            raise UpstreamRefused(
+                f"{route.host} resolved only to refused addresses", addresses=tuple(refused)
+            )
         if refused:
             self.log.debug(
                 "some upstream addresses refused by IP policy",
