@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes
 from mcp_tunnel.certs.check import Status, all_passed, check_pair
 from mcp_tunnel.certs.files import CERT_MODE, KEY_MODE, read_bytes, write_atomic
 from mcp_tunnel.certs.generate import (
-    DEFAULT_CA_DAYS,
     KEY_TYPES,
     PrivateKey,
     generate_ca,
@@ -50,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="directory for ca.crt, ca.key, tls.crt, tls.key"
     )
     init.add_argument("--key-type", choices=KEY_TYPES, default="rsa4096", help="server key (default rsa4096)")
-    init.add_argument("--ca-days", type=int, default=DEFAULT_CA_DAYS, help=argparse.SUPPRESS)
     init.add_argument(
         "--force", action="store_true", help="replace an existing CA (it must be registered again)"
     )
@@ -126,10 +124,8 @@ def _init(args: argparse.Namespace) -> int:
             f"Anthropic; to renew the server certificate run `mcp-tunnel certs issue --ca-dir {out} "
             f"--domain {domain}`, or pass --force to replace the CA"
         )
-    if args.ca_days <= 0:
-        raise UsageError("--ca-days must be positive")
     _mkdir(out)
-    ca_cert, ca_key = generate_ca(valid_days=args.ca_days)
+    ca_cert, ca_key = generate_ca()
     cert, key = issue_server_cert(ca_cert, ca_key, domain, key_type=args.key_type)
     write_atomic(out / CA_KEY, pem_key(ca_key), KEY_MODE)
     write_atomic(out / CA_CERT, pem_cert(ca_cert), CERT_MODE)
