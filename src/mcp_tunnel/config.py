@@ -584,18 +584,26 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
+        # PyYAML's own wording, in its order: "while parsing X, expected Y, but found Z".
         mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = f" {exc.context}" if exc.context and exc.problem else ""
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         where = f" at column {mark.column + 1}" if mark is not None else ""
         raise doc.error(
             None,
             None,
             f"invalid YAML: {problem}{where}",
-            expected="valid YAML" + (f" ({context.strip()})" if context else ""),
+            expected="valid YAML",
             line=mark.line + 1 if mark is not None else 1,
         ) from None
-    except yaml.YAMLError as exc:
+    except yaml.reader.ReaderError as exc:
+        raise doc.error(
+            None,
+            None,
+            f"invalid YAML: control character U+{exc.character:04X} is not allowed",
+            expected="printable text",
+            line=text[: exc.position].count("\n") + 1,
+        ) from None
+    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above carries a place
         raise doc.error(None, None, f"invalid YAML: {exc}", expected="valid YAML", line=1) from None
     if root is None:
         raise doc.error(
