@@ -303,7 +303,7 @@ def run(
     hooks: Hooks | None = None,
 ) -> int:
     hooks = hooks or Hooks()
-    reporter = Reporter(out)
+    reporter = Reporter(out, err)
     errors = err or sys.stderr
     try:
         return _dispatch(list(argv), environ, reporter, hooks, out)

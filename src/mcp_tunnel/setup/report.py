@@ -15,8 +15,9 @@ _MIN_SECRET_LEN = 8  # never "redact" something so short it would mangle ordinar
 
 
 class Reporter:
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self._out = out
+        self._err = err
         self._secrets: set[str] = set()
 
     def secret(self, value: str | bytes | None) -> None:
@@ -38,5 +39,5 @@ class Reporter:
         print(f"setup: {self.scrub(message)}", file=out, flush=True)
 
     def warn(self, message: str) -> None:
-        out = self._out or sys.stderr
+        out = self._err or sys.stderr
         print(f"setup: warning: {self.scrub(message)}", file=out, flush=True)
