@@ -75,9 +75,10 @@ class ConfigError(MCPTunnelError):
             parts.append(f"found {self.found}")
         if self.expected is not None:
             parts.append(f"expected {self.expected}")
+        line = "; ".join(parts)
         if self.detail:
-            parts.append(f"({self.detail})")
-        return "; ".join(parts).replace("\n", " ")
+            line += f" — {self.detail}"
+        return line.replace("\n", " ")
 
 
 class CertificateError(MCPTunnelError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import ssl
 
+from mcp_tunnel.certs.reload import tls_alert_reason
+
 ALPN = ["http/1.1"]
 
 
@@ -30,33 +32,6 @@ class TLSHandshakeError(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
-
-
-_REASONS = {
-    "TLSV1_ALERT_UNKNOWN_CA": "unknown ca (unknown certificate authority)",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate expired",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate unknown",
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "handshake failure",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol version",
-    "UNSUPPORTED_PROTOCOL": "protocol version",
-    "NO_SHARED_CIPHER": "no shared cipher",
-    "HTTP_REQUEST": "http request (plain HTTP sent where TLS was expected)",
-    "WRONG_VERSION_NUMBER": "wrong version number (not TLS)",
-    "TLSV1_ALERT_DECRYPT_ERROR": "decrypt error",
-    "CERTIFICATE_VERIFY_FAILED": "certificate verify failed",
-}
-
-
-def alert_reason(exc: ssl.SSLError) -> str:
-    """Map an OpenSSL reason code to the phrase the official troubleshooting uses."""
-    code = getattr(exc, "reason", None) or ""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    if code in _REASONS:
-        return _REASONS[code]
-    return code.lower().replace("_", " ") if code else str(exc)
 
 
 class TLSSession:
@@ -91,7 +66,7 @@ class TLSSession:
             except ssl.SSLWantReadError:
                 return b""
             except ssl.SSLError as exc:
-                raise TLSHandshakeError(alert_reason(exc)) from exc
+                raise TLSHandshakeError(tls_alert_reason(exc)) from exc
             self.handshake_done = True
         chunks: list[bytes] = []
         while True:
@@ -117,7 +92,7 @@ class TLSSession:
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLError as exc:
-            raise TLSHandshakeError(alert_reason(exc)) from exc
+            raise TLSHandshakeError(tls_alert_reason(exc)) from exc
         else:
             self.handshake_done = True
 

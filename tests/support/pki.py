@@ -28,6 +28,7 @@ def make_pki(directory: Path, domain: str = DOMAIN) -> PKI:
     cert, key = issue_server_cert(ca_cert, ca_key, domain, duration=timedelta(days=2), key_type="ecdsa-p256")
     directory.mkdir(parents=True, exist_ok=True)
     write_atomic(directory / "ca.crt", pem_cert(ca_cert), 0o644)
+    write_atomic(directory / "ca.key", pem_key(ca_key), 0o600)
     write_atomic(directory / "tls.crt", pem_cert(cert), 0o644)
     write_atomic(directory / "tls.key", pem_key(key), 0o600)
     return PKI(domain, directory / "ca.crt", directory / "tls.crt", directory / "tls.key")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import ssl
 import sys
 
+from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, Config, load_config
-from mcp_tunnel.errors import ConfigError
+from mcp_tunnel.errors import CertificateError, ConfigError
 from mcp_tunnel.logs import Logger
-from mcp_tunnel.proxy.server import ProxyServer
-from mcp_tunnel.tls_session import make_server_context
+from mcp_tunnel.proxy.server import ProxyServer, load_certificates
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,28 +24,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_tls(config: Config) -> ssl.SSLContext:
-    """The inner-TLS context, or a one-line ConfigError naming the pair."""
+def load_tls(config: Config, log: Logger) -> CertificateWatcher:
+    """The inner-TLS pair; a pair that cannot serve is a configuration error (exit 2)."""
     try:
-        return make_server_context(config.cert_file, config.key_file)
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            "cannot load the certificate pair",
-            file=config.path,
-            field="tls",
-            found=f"{config.cert_file} + {config.key_file}: {exc.reason or exc}",
-            expected="a PEM certificate and the PEM private key that matches it",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"open {exc.filename}: {(exc.strerror or str(exc)).lower()}", file=config.path, field="tls"
-        ) from None
+        return load_certificates(config, log)
+    except CertificateError as exc:
+        raise ConfigError(str(exc), file=config.path, field="tls") from None
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config, tunnel_domain=args.tunnel_domain)
-    ctx = load_tls(config)
+    log = Logger(config.log_level, config.log_format)
+    if args.check:
+        log = Logger("error", config.log_format)
+    watcher = load_tls(config, log)
     if args.check:
         print(f"{config.path}: configuration ok")
         router = config.router
@@ -55,13 +47,12 @@ def main(argv: list[str]) -> int:
         for warning in config.warnings:
             print(f"  warning: {warning}")
         return 0
-    log = Logger(config.log_level, config.log_format)
-    return asyncio.run(serve(config, log, ctx))
+    return asyncio.run(serve(config, log, watcher))
 
 
-async def serve(config: Config, log: Logger, ctx: ssl.SSLContext) -> int:
+async def serve(config: Config, log: Logger, watcher: CertificateWatcher) -> int:
     """Run until SIGTERM/SIGINT, then drain within shutdown_timeout; a second signal exits at once."""
-    server = ProxyServer(config, log, ssl_context=ctx)
+    server = ProxyServer(config, log, watcher=watcher)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0

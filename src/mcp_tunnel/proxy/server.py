@@ -7,6 +7,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import Config
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.forward import Forwarder
@@ -27,7 +28,7 @@ class ProxyServer:
         log: Logger,
         *,
         resolver: Resolver | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        watcher: CertificateWatcher | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.log = log
@@ -36,7 +37,8 @@ class ProxyServer:
         self.tunnels: set[TunnelProtocol] = set()
         self.draining = False
         self._server: asyncio.Server | None = None
-        self._ssl_context = ssl_context
+        self._tasks: list[asyncio.Task[None]] = []
+        self.watcher = watcher or load_certificates(config, log)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -54,15 +56,24 @@ class ProxyServer:
         )
         if old is not None:
             old.close_idle()
-        if self._ssl_context is None:
-            self._ssl_context = make_server_context(config.cert_file, config.key_file)
 
     def tls_context(self) -> ssl.SSLContext:
-        assert self._ssl_context is not None
-        return self._ssl_context
+        """The pair for new handshakes; a reload swaps it, live sessions keep theirs."""
+        return self.watcher.context
 
-    def set_tls_context(self, ctx: ssl.SSLContext) -> None:
-        self._ssl_context = ctx
+    async def _poll_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cert_reload_interval)
+            self.watcher.poll()
+
+    async def _keepalive(self) -> None:
+        """Ping tunnels that have been quiet; close those whose peer stopped answering."""
+        while True:
+            interval = self.limits.ws_ping_interval
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for tunnel in list(self.tunnels):
+                tunnel.keepalive(now, interval, self.limits.ws_ping_timeout)
 
     # --- listener -----------------------------------------------------------------------
 
@@ -79,6 +90,10 @@ class ProxyServer:
                 backlog=1024,
             )
         self.log.info("listening", addr=self.address)
+        self._tasks = [
+            self.loop.create_task(self._poll_certificates()),
+            self.loop.create_task(self._keepalive()),
+        ]
         for route in cfg.routes.values():
             self.log.info(
                 "route configured",
@@ -126,6 +141,8 @@ class ProxyServer:
         self.connector.close_idle()
         if self._server is not None:
             self._server.close()
+        for task in self._tasks:
+            task.cancel()
 
     # --- events from tunnels (metrics hook points) --------------------------------------
 
@@ -163,3 +180,17 @@ class ProxyServer:
         event = getattr(self, "_idle_event", None)
         if event is not None:
             event.set()
+
+
+def load_certificates(config: Config, log: Logger) -> CertificateWatcher:
+    """Load the inner-TLS pair once; raises CertificateError with a one-line reason."""
+
+    def on_event(event: str, /, **fields: object) -> None:
+        if event == "certificate reload failed":
+            log.warn(event, **fields)
+        else:
+            log.info(event, **fields)
+
+    watcher = CertificateWatcher(config.cert_file, config.key_file, build=make_server_context, log=on_event)
+    watcher.load()
+    return watcher

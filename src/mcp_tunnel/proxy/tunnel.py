@@ -48,6 +48,8 @@ class TunnelProtocol(asyncio.Protocol):
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.last_rx = 0.0
+        self._ping_sent: float | None = None
 
     # --- asyncio callbacks -------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class TunnelProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = self.server.loop.time()
+        self._ping_sent = None  # anything from the peer shows it is alive
         if not self._sniffed:
             self._sniffed = True
             if data[:1] == b"\x16":
@@ -229,6 +233,21 @@ class TunnelProtocol(asyncio.Protocol):
             transport.writelines(chunks)
         if eof or self.ws.close_expected():
             transport.close()
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """Called periodically by the server: ping a quiet tunnel, drop one that never answers."""
+        if self.ws.state is not State.OPEN or self.closing:
+            return
+        if self._ping_sent is not None:
+            if now - self._ping_sent >= timeout:
+                self.server.log.info("tunnel peer stopped answering pings, closing", peer=self.peer)
+                if self.http is not None:
+                    self.http.abort("ping timeout")
+                self._abort_transport()
+        elif now - self.last_rx >= interval:
+            self._ping_sent = now
+            self.ws.send_ping(b"mcp-tunnel")
+            self._flush_ws()
 
     async def drain(self) -> None:
         """Wait until the peer has taken enough of what we sent (backpressure)."""
