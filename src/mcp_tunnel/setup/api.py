@@ -160,8 +160,9 @@ class TunnelsAPI:
         while True:
             attempt += 1
             last = attempt >= self.retry.attempts
+            headers = self._headers(data is not None)  # outside the try: the exchange retries itself
             try:
-                resp = self.transport.request(method, url, headers=self._headers(data is not None), body=data)
+                resp = self.transport.request(method, url, headers=headers, body=data)
             except NetworkError as exc:
                 if (idempotent or not exc.sent) and not last:
                     self.reporter.warn(f"{exc}; retrying")

@@ -93,10 +93,9 @@ class InClusterClient:
         while True:
             attempt += 1
             last = attempt >= self.retry.attempts
+            headers = self._headers(data is not None)
             try:
-                resp = self.transport.request(
-                    method, self.base_url + path, headers=self._headers(data is not None), body=data
-                )
+                resp = self.transport.request(method, self.base_url + path, headers=headers, body=data)
             except NetworkError as exc:
                 if (idempotent or not exc.sent) and not last:
                     self.retry.sleep(self.retry.delay(attempt))
