@@ -102,7 +102,7 @@ def test_concurrent_change_is_a_conflict_not_an_overwrite(kube: FakeKubernetes) 
     out = K8sSecretOutput("s", InClusterClient.from_environment(kube.environ()))
     assert out.load() == {"tunnel-id": b"tnl_1"}
     kube.put_secret("s", {"tunnel-id": b"tnl_other"})  # someone else writes meanwhile
-    with pytest.raises(APIError, match="409 Conflict.*changed by someone else"):
+    with pytest.raises(APIError, match=r"409 Conflict.*changed by someone else"):
         out.save({"tunnel-id": b"tnl_2"})
     assert kube.secret_data("s") == {"tunnel-id": b"tnl_other"}
 
