@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.fakes.anthropic import FakeAnthropic, Rule
 from tests.fakes.oidc import FakeOIDCIssuer
-from tests.setup.conftest import ORG, RULE_ID, SUBJECT, Result, Runner
+from tests.setup.support import ORG, RULE_ID, SUBJECT, Result, Runner
 
 from mcp_tunnel.setup.causes import exchange_cause, tunnels_cause
 

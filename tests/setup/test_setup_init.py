@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from tests.fakes.anthropic import Cert, FakeAnthropic
-from tests.setup.conftest import ORG, Runner
+from tests.setup.support import ORG, Runner
 
 from mcp_tunnel.certs.check import all_passed, check_pair
 from mcp_tunnel.setup.errors import SetupError

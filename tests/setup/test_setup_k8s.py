@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.kubernetes import FakeKubernetes
-from tests.setup.conftest import Runner
+from tests.setup.support import Runner
 
 from mcp_tunnel.setup.errors import APIError
 from mcp_tunnel.setup.k8s import InClusterClient

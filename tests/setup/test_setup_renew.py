@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from tests.fakes.anthropic import FakeAnthropic
-from tests.setup.conftest import Runner
+from tests.setup.support import Runner
 
 from mcp_tunnel.certs.check import all_passed, check_pair
 

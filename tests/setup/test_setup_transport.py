@@ -13,7 +13,7 @@ import pytest
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.kubernetes import FakeKubernetes
 from tests.fakes.oidc import FakeOIDCIssuer
-from tests.setup.conftest import ORG, RULE_ID, SUBJECT
+from tests.setup.support import ORG, RULE_ID, SUBJECT
 
 from mcp_tunnel.setup.api import TunnelsAPI
 from mcp_tunnel.setup.errors import NetworkError
