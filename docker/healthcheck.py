@@ -72,7 +72,8 @@ def target_from_config(path: str) -> tuple[str, str]:
     admin = doc.get("admin_addr")
     if admin:
         host, port = split_addr(admin)
-        return "http", f"http://{host}:{port}/readyz"
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return "http", f"http://{netloc}/readyz"
     listen = doc.get("listen_addr")
     if not listen:
         raise ValueError(f"{path}: neither admin_addr nor listen_addr is set")

@@ -16,7 +16,6 @@ import jsonschema
 import pytest
 import yaml
 
-
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "mcp-tunnel"
 RELEASE = "mcp-tunnel"
 NAMESPACE = "mcp-tunnel"
@@ -235,7 +234,12 @@ def test_setup_rbac_is_limited_to_the_release_secret(render: Any) -> None:
     # create cannot be restricted by name in Kubernetes; everything else is.
     assert rules == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mcp-tunnel"], "verbs": ["get", "update"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["mcp-tunnel"],
+            "verbs": ["get", "update"],
+        },
     ]
 
 
@@ -244,14 +248,22 @@ def test_force_reruns_setup_on_upgrade_and_token_version_and_tunnel_id(render: A
     job = r.get("Job", "mcp-tunnel-setup")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     for kind in ("ServiceAccount", "Role", "RoleBinding"):
-        assert r.get(kind, "mcp-tunnel-setup")["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert (
+            r.get(kind, "mcp-tunnel-setup")["metadata"]["annotations"]["helm.sh/hook"]
+            == "pre-install,pre-upgrade"
+        )
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--token-version=7" in args  # an integer from --set works too
     assert "--tunnel-id=tnl_01ABC" in args
 
 
 def test_api_token_flavour(render: Any) -> None:
-    r = render(merge(managed(), {"api": {"token": "sk-placeholder", "wif": {"federationRuleId": "", "organizationId": ""}}}))
+    r = render(
+        merge(
+            managed(),
+            {"api": {"token": "sk-placeholder", "wif": {"federationRuleId": "", "organizationId": ""}}},
+        )
+    )
     secret = r.get("Secret", "mcp-tunnel-setup-api-token")
     assert set(secret["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")) == {
         "before-hook-creation",
@@ -260,7 +272,10 @@ def test_api_token_flavour(render: Any) -> None:
     spec = r.get("Job", "mcp-tunnel-setup")["spec"]["template"]["spec"]
     env = spec["containers"][0]["env"]
     assert env == [
-        {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "mcp-tunnel-setup-api-token", "key": "api-token"}}}
+        {
+            "name": "API_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "mcp-tunnel-setup-api-token", "key": "api-token"}},
+        }
     ]
     assert "volumes" not in spec  # no projected OIDC token needed
     assert "sk-placeholder" not in json.dumps(r.get("Job", "mcp-tunnel-setup"))
@@ -294,11 +309,22 @@ def test_cert_renew_cronjob_and_least_privilege_rbac(render: Any) -> None:
     ]
     role = r.get("Role", "mcp-tunnel-cert-renew")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mcp-tunnel"], "verbs": ["get", "update"]}
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["mcp-tunnel"],
+            "verbs": ["get", "update"],
+        }
     ]
     binding = r.get("RoleBinding", "mcp-tunnel-cert-renew")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mcp-tunnel-cert-renew"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mcp-tunnel-cert-renew", "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "mcp-tunnel-cert-renew",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mcp-tunnel-cert-renew", "namespace": NAMESPACE}
+    ]
     assert not r.all("ClusterRole") and not r.all("ClusterRoleBinding")
 
 
@@ -372,7 +398,9 @@ def test_chart_always_sets_listener_tls_and_admin(render: Any) -> None:
 
 def test_config_change_rolls_the_pods(render: Any) -> None:
     def checksum(values: dict[str, Any]) -> str:
-        return str(render(values).deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+        return str(
+            render(values).deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        )
 
     a = checksum(managed())
     assert a == checksum(managed())
@@ -446,7 +474,9 @@ def test_probes_use_the_admin_endpoint(render: Any) -> None:
     cf = r.container("cloudflared")
     assert cf["livenessProbe"]["httpGet"] == {"path": "/ready", "port": "cf-metrics"}
     off = render(managed(probes={"liveness": {"enabled": False}, "readiness": {"enabled": False}}))
-    assert "livenessProbe" not in off.container("mcp-proxy") and "readinessProbe" not in off.container("mcp-proxy")
+    assert "livenessProbe" not in off.container("mcp-proxy") and "readinessProbe" not in off.container(
+        "mcp-proxy"
+    )
 
 
 def test_cloudflared_reaches_the_proxy_over_localhost(render: Any) -> None:
@@ -494,8 +524,14 @@ def test_no_pdb_for_a_single_replica(render: Any) -> None:
 
 
 def test_custom_topology_spread_replaces_the_default(render: Any) -> None:
-    custom = [{"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule",
-               "labelSelector": {"matchLabels": {"a": "b"}}}]
+    custom = [
+        {
+            "maxSkew": 2,
+            "topologyKey": "rack",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"a": "b"}},
+        }
+    ]
     spec = render(managed(topologySpreadConstraints=custom)).deployment["spec"]["template"]["spec"]
     assert spec["topologySpreadConstraints"] == custom
     spec = render(managed(topologySpread={"enabled": False})).deployment["spec"]["template"]["spec"]
@@ -537,7 +573,9 @@ def test_egress_policy_deploy_guide_shape(render: Any) -> None:
 
 
 def test_network_policy_claude_ai_shape(render: Any) -> None:
-    np = render(load_values(CHART / "ci" / "networkpolicy-claudeai-values.yaml")).get("NetworkPolicy", RELEASE)
+    np = render(load_values(CHART / "ci" / "networkpolicy-claudeai-values.yaml")).get(
+        "NetworkPolicy", RELEASE
+    )
     spec = np["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]  # enabled: true turns both on
     # "The policy already allows cloudflared to reach the tunnel edge"
@@ -551,8 +589,12 @@ def test_network_policy_enabled_false_removes_it(render: Any) -> None:
 
 
 def test_both_shapes_merge_their_server_lists(render: Any) -> None:
-    values = managed(networkPolicy={"egress": {"enabled": True, "mcpServers": ["10.0.0.0/24"]},
-                                    "mcpServers": ["10.9.0.0/24"]})
+    values = managed(
+        networkPolicy={
+            "egress": {"enabled": True, "mcpServers": ["10.0.0.0/24"]},
+            "mcpServers": ["10.9.0.0/24"],
+        }
+    )
     egress = render(values).get("NetworkPolicy", RELEASE)["spec"]["egress"]
     cidrs = [rule["to"][0].get("ipBlock", {}).get("cidr") for rule in egress[2:]]
     assert cidrs == ["10.0.0.0/24", "10.9.0.0/24"]
@@ -595,7 +637,12 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
     **{p.name: load_values(p) for p in CI_VALUES},
     "token version as an integer": managed(tunnel={"tokenVersion": 3}),
     "official listen/tls fields are accepted (and ignored)": managed(
-        gateway={"config": {"listen_addr": ":8080", "tls": {"cert_file": "/data/tls.crt", "key_file": "/data/tls.key"}}}
+        gateway={
+            "config": {
+                "listen_addr": ":8080",
+                "tls": {"cert_file": "/data/tls.crt", "key_file": "/data/tls.key"},
+            }
+        }
     ),
     "pdb as a percentage": managed(podDisruptionBudget={"minAvailable": "50%"}),
 }
@@ -636,16 +683,32 @@ def test_schema_is_a_valid_draft7_schema_and_strict_everywhere() -> None:
 def test_defaults_carry_every_documented_key(chart: Any) -> None:
     values = chart.values
     documented = [
-        "gateway.config", "gateway.config.routes", "gateway.config.log_level", "gateway.config.tunnel_domain",
-        "setup.enabled", "setup.force", "setup.extraVolumes", "setup.extraVolumeMounts",
-        "tunnel.id", "tunnel.tokenVersion",
-        "api.token", "api.wif.federationRuleId", "api.wif.organizationId", "api.wif.workspaceId",
-        "api.wif.audience", "api.wif.tokenFile",
-        "external.tunnelTokenSecretName", "external.serverCertSecretName",
-        "serverCert.cronSchedule", "serverCert.renewBefore",
-        "networkPolicy.enabled", "networkPolicy.mcpServers",
-        "networkPolicy.ingress.enabled", "networkPolicy.egress.enabled",
-        "networkPolicy.egress.mcpServers", "networkPolicy.egress.cloudflaredEgressCIDRs",
+        "gateway.config",
+        "gateway.config.routes",
+        "gateway.config.log_level",
+        "gateway.config.tunnel_domain",
+        "setup.enabled",
+        "setup.force",
+        "setup.extraVolumes",
+        "setup.extraVolumeMounts",
+        "tunnel.id",
+        "tunnel.tokenVersion",
+        "api.token",
+        "api.wif.federationRuleId",
+        "api.wif.organizationId",
+        "api.wif.workspaceId",
+        "api.wif.audience",
+        "api.wif.tokenFile",
+        "external.tunnelTokenSecretName",
+        "external.serverCertSecretName",
+        "serverCert.cronSchedule",
+        "serverCert.renewBefore",
+        "networkPolicy.enabled",
+        "networkPolicy.mcpServers",
+        "networkPolicy.ingress.enabled",
+        "networkPolicy.egress.enabled",
+        "networkPolicy.egress.mcpServers",
+        "networkPolicy.egress.cloudflaredEgressCIDRs",
         "replicaCount",
     ]
     for key in documented:
@@ -660,4 +723,7 @@ def test_defaults_carry_every_documented_key(chart: Any) -> None:
     assert values["serverCert"]["renewBefore"] == "720h"
     assert values["networkPolicy"]["ingress"]["enabled"] is True
     assert values["networkPolicy"]["egress"]["enabled"] is False
-    assert values["external"] == {"tunnelTokenSecretName": "mcp-tunnel-token", "serverCertSecretName": "mcp-tunnel-cert"}
+    assert values["external"] == {
+        "tunnelTokenSecretName": "mcp-tunnel-token",
+        "serverCertSecretName": "mcp-tunnel-cert",
+    }
