@@ -368,3 +368,23 @@ def test_bring_your_own_ca_is_registered(setup_cli: Runner, anthropic: FakeAnthr
     assert setup_cli.init().code == 0
     t = only_tunnel(anthropic)
     assert t.certs[0].fingerprint == ca.fingerprint(hashes.SHA256()).hex()
+
+
+def test_written_credentials_pass_proxy_check(
+    setup_cli: Runner, anthropic: FakeAnthropic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_tunnel.cli import main
+
+    assert setup_cli.init().code == 0
+    d = setup_cli.out_dir
+    domain = read(d, "tunnel-domain")
+    config = setup_cli.tmp_path / "config.yaml"
+    config.write_text(
+        'listen_addr: "127.0.0.1:0"\n'
+        f"tls:\n  cert_file: {d / 'tls.crt'}\n  key_file: {d / 'tls.key'}\n"
+        "routes:\n  echo: http://10.0.0.5:8080\n"
+    )
+    assert main(["proxy", "-config", str(config), "-check", "-tunnel-domain", domain]) == 0
+    assert f"echo.{domain}" in capsys.readouterr().out
+    (d / "tls.key").write_bytes((d / "ca.key").read_bytes())  # and it does notice a wrong pair
+    assert main(["proxy", "-config", str(config), "-check", "-tunnel-domain", domain]) == 2
