@@ -37,7 +37,7 @@ async def test_mcp_session_through_tunnel(json_response: bool, host_header: str,
             ClientSession(read, write) as session,
         ):
             init = await session.initialize()
-            assert init.server_info.name == "tunnel-test"
+            assert init.server_info.name == "mcp-tunnel-sample"
             tools = await session.list_tools()
             assert {t.name for t in tools.tools} == {"hello", "add"}
             result = await session.call_tool("hello", {"name": "tunnel"})

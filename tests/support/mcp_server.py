@@ -1,4 +1,4 @@
-"""A real MCP server (official SDK, streamable HTTP) served by uvicorn on loopback."""
+"""The product's sample MCP server (official SDK, streamable HTTP) served by uvicorn on loopback."""
 
 from __future__ import annotations
 
@@ -8,24 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 
-
-def build_server() -> MCPServer:
-    server: MCPServer = MCPServer("tunnel-test")
-
-    @server.tool()
-    def hello(name: str) -> str:
-        """Say hello."""
-        return f"Hello, {name}!"
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two numbers."""
-        return a + b
-
-    return server
+from mcp_tunnel.sample_server import build_app
 
 
 @asynccontextmanager
@@ -35,12 +19,7 @@ async def running_mcp_server(*, json_response: bool, allowed_hosts: list[str] | 
     DNS-rebinding protection stays on: with `allowed_hosts` it accepts those Host values, without
     it the SDK's own loopback default applies (only its own address is accepted).
     """
-    security = (
-        TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts)
-        if allowed_hosts is not None
-        else None
-    )
-    app = build_server().streamable_http_app(json_response=json_response, transport_security=security)
+    app = build_app(json_response=json_response, allowed_hosts=allowed_hosts)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
