@@ -631,6 +631,8 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "managed mode without credentials": merge(managed(), {"api": {"wif": {"federationRuleId": ""}}}),
     "renewBefore in days": managed(serverCert={"renewBefore": "30d"}),
     "admin port out of range": managed(admin={"port": 70000}),
+    "unknown limit": managed(gateway={"config": {"limits": {"max_conections": 10}}}),
+    "limit with a wrong type": managed(gateway={"config": {"limits": {"max_connections": "10"}}}),
 }
 
 GOOD_VALUES: dict[str, dict[str, Any]] = {
@@ -645,6 +647,13 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         }
     ),
     "pdb as a percentage": managed(podDisruptionBudget={"minAvailable": "50%"}),
+    "limits with Go durations": managed(
+        gateway={
+            "config": {
+                "limits": {"handshake_timeout": "1.5s", "idle_timeout": "500ms", "max_connections": 64}
+            }
+        }
+    ),
 }
 
 
