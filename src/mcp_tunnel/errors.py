@@ -18,7 +18,10 @@ Every error carries what its catcher needs: configuration and usage errors carry
     │   ├── UpstreamProtocolError  502
     │   ├── Unavailable            503 (draining, over capacity)
     │   └── UpstreamTimeout        504
-    └── TunnelClientError          the client side; `stage` says which layer failed
+    ├── TunnelClientError          the client side; `stage` says which layer failed
+    └── SetupError                 (mcp_tunnel.setup.errors) runtime failures of `setup`:
+        ├── NetworkError           no HTTP answer; `sent` says whether a retry is safe
+        └── APIError               an API's error answer: status, type, message, request id, cause
 """
 
 from __future__ import annotations

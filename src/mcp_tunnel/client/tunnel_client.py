@@ -217,10 +217,7 @@ class TunnelConnection:
         reader = _ResponseReader(head_only)
         while True:
             while not reader.headers_done:
-                if self._plain:
-                    data = bytes(self._plain)
-                    self._plain.clear()
-                    self._feed(reader, data)
+                if self._feed_buffered(reader):
                     continue
                 if not await self._recv():
                     raise TunnelClientError("http", "connection closed before a response arrived")
@@ -230,6 +227,15 @@ class TunnelConnection:
             break
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reader.headers]
         return Response(reader.status, reader.reason.decode("latin-1"), headers, self, reader)
+
+    def _feed_buffered(self, reader: _ResponseReader) -> bool:
+        """Give decrypted bytes waiting in the buffer to the parser; False if there were none."""
+        if not self._plain:
+            return False
+        data = bytes(self._plain)
+        self._plain.clear()
+        self._feed(reader, data)
+        return True
 
     def _feed(self, reader: _ResponseReader, data: bytes) -> None:
         try:
@@ -246,10 +252,7 @@ class TunnelConnection:
                     yield piece
             if reader.complete:
                 break
-            if self._plain:
-                data = bytes(self._plain)
-                self._plain.clear()
-                self._feed(reader, data)
+            if self._feed_buffered(reader):
                 continue
             if not await self._recv():
                 raise TunnelClientError("http", "connection closed before the response body ended")
