@@ -341,6 +341,9 @@ def test_unreadable_key_fails_fast_with_the_documented_hint(sandbox: Sandbox) ->
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"open {sandbox.data}/tls.key: permission denied" in out.stderr
+    # who owns it, who the proxy is, and both ways out
+    assert "owned by uid 0" in out.stderr and f"runs as uid {UID}" in out.stderr
+    assert "chmod 644" in out.stderr and "run the proxy as its owner" in out.stderr
     assert "Traceback" not in out.stderr
 
 
