@@ -129,3 +129,15 @@ async def test_a_step_that_crashes_is_a_finding_and_the_walk_goes_on(
     assert [s.step for s in report.steps] == list(STEPS)
     check = report.find("tls", "internal_error")
     assert check is not None and "RuntimeError: boom" in check.message and not report.ok
+
+
+def test_path_flag_for_every_route_or_one() -> None:
+    from mcp_tunnel.doctor.cli import parse_paths
+    from mcp_tunnel.doctor.context import Options
+    from mcp_tunnel.errors import UsageError
+
+    options = Options(paths=parse_paths(["/mcp", "Auth=/oauth/mcp"]))
+    assert options.path_for("echo") == "/mcp" and options.path_for("auth") == "/oauth/mcp"
+    assert Options(paths=parse_paths(["echo=/mcp"])).path_for("other") is None
+    with pytest.raises(UsageError):
+        parse_paths(["mcp"])

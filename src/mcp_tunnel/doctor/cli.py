@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import NoReturn
 
@@ -86,7 +85,6 @@ def options_from(argv: list[str]) -> tuple[Options, bool]:
         edge_host=args.edge_host,
         tunnel_domain=args.tunnel_domain or None,
         timeout=args.timeout,
-        environ=dict(os.environ),
     )
     return options, bool(args.json)
 

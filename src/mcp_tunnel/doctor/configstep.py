@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Network
-from pathlib import Path
 
 from mcp_tunnel.config import Config, load_config
-from mcp_tunnel.doctor.context import Context
+from mcp_tunnel.doctor.context import Context, assigned_domain
 from mcp_tunnel.doctor.model import Check, fail, ok, skip, warn
 from mcp_tunnel.errors import ConfigError
 from mcp_tunnel.ippolicy import RFC1918
@@ -23,7 +22,6 @@ LOOPBACK = IPv4Network("127.0.0.0/8")
 LINK_LOCAL = IPv4Network("169.254.0.0/16")  # cloud metadata endpoints live here
 _IP_REFUSED = re.compile(r"IP validation failed: ([0-9.]+) is not a private address")
 _OPEN_DENIED = re.compile(r"open (.+): permission denied")
-_UNSET_VAR = re.compile(r"environment variable (\w+)|\$\{(\w+)\}")
 
 
 def config_fix(exc: ConfigError, proxy_uid: int) -> str:
@@ -163,24 +161,13 @@ def judge_tunnel_domain(config: Config, assigned: str | None, assigned_file: str
     )
 
 
-def _assigned_domain(ctx: Context) -> tuple[str | None, str | None]:
-    path = ctx.data_file("tunnel-domain")
-    if path is None:
-        return None, None
-    try:
-        text = Path(path).read_text(errors="replace").strip().lower().rstrip(".")
-    except OSError:
-        return None, None
-    return (text or None), str(path)
-
-
 def load(ctx: Context) -> None:
     """Gather: load the config once; every later step reads it from the context."""
     opts = ctx.options
     if opts.config is None:
         return
     try:
-        ctx.config = load_config(opts.config, tunnel_domain=opts.tunnel_domain, environ=opts.environ)
+        ctx.config = load_config(opts.config, tunnel_domain=opts.tunnel_domain, environ=opts.env)
     except ConfigError as exc:
         ctx.config_error = exc
 
@@ -191,7 +178,7 @@ async def run(ctx: Context) -> list[Check]:
     checks = [judge_load(ctx.config, ctx.config_error, ctx.options.proxy_uid)]
     if ctx.config is None:
         return checks
-    assigned, assigned_file = _assigned_domain(ctx)
+    assigned, assigned_file = assigned_domain(ctx)
     checks.append(judge_tunnel_domain(ctx.config, assigned, assigned_file))
     checks += judge_policy(ctx.config)
     checks += judge_warnings(ctx.config)

@@ -6,6 +6,7 @@ reason downstream, instead of a second, misleading failure.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,11 @@ class Options:
     edge_host: str | None = None
     tunnel_domain: str | None = None
     timeout: float = 5.0
-    environ: Mapping[str, str] = field(default_factory=dict)
+    environ: Mapping[str, str] | None = None  # None: the process environment
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return os.environ if self.environ is None else self.environ
 
     def path_for(self, route_key: str) -> str | None:
         return self.paths.get(route_key, self.paths.get(""))
@@ -68,3 +73,15 @@ class Context:
         if route_key in self.upstream_down:
             return self.upstream_down[route_key]
         return None
+
+
+def assigned_domain(ctx: Context) -> tuple[str | None, str | None]:
+    """(domain, file) from setup's ``tunnel-domain`` output beside the certificate, if present."""
+    path = ctx.data_file("tunnel-domain")
+    if path is None:
+        return None, None
+    try:
+        text = path.read_text(errors="replace").strip().lower().rstrip(".")
+    except OSError:
+        return None, None
+    return (text or None), str(path)

@@ -425,7 +425,7 @@ async def run(ctx: Context) -> list[Check]:
     checks = [judge_token(token, source, error, hint)]
     if opts.compose:
         port = ctx.config.listen_port if ctx.config is not None else None
-        checks += judge_compose(read_compose(opts.compose, port, opts.environ))
+        checks += judge_compose(read_compose(opts.compose, port, opts.env))
     else:
         checks.append(skip("compose", "no --compose file given"))
     if not opts.edge and not opts.edge_host:
@@ -450,4 +450,4 @@ def _read_token(ctx: Context) -> tuple[str | None, str, str | None]:
                 return f.read(), opts.token_file, None
         except OSError as exc:
             return None, opts.token_file, (exc.strerror or str(exc)).lower()
-    return opts.environ.get("TUNNEL_TOKEN"), "TUNNEL_TOKEN", None
+    return opts.env.get("TUNNEL_TOKEN"), "TUNNEL_TOKEN", None

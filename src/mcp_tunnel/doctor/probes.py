@@ -124,6 +124,8 @@ class Probes:
         except (OSError, TimeoutError) as exc:
             return [], None, _os_error(exc) if isinstance(exc, OSError) else "DNS timed out"
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            return [], None, "no address in the answer"
         result = ConnectResult(addresses[0], port, "no address")
         for address in addresses:
             result = await self.connect(address, port)

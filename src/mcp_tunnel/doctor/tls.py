@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from mcp_tunnel.certs.check import Finding, Status, check_pair
 from mcp_tunnel.config import Config
-from mcp_tunnel.doctor.context import Context
+from mcp_tunnel.doctor.context import Context, assigned_domain
 from mcp_tunnel.doctor.model import Check, fail, ok, skip, warn
 from mcp_tunnel.doctor.probes import HandshakeResult
 
@@ -362,14 +362,11 @@ async def run(ctx: Context) -> list[Check]:
         domain=config.tunnel_domain,
         read_errors=tuple(errors),
     )
-    assigned_path = ctx.data_file("tunnel-domain")
-    assigned = (
-        assigned_path.read_text(errors="replace").strip().lower().rstrip(".") if assigned_path else None
-    )
+    assigned = assigned_domain(ctx)[0]
     checks: list[Check] = []
     if ctx.ca_file and not ctx.options.ca:
         checks.append(ok("ca", f"using {ctx.ca_file} (beside tls.cert_file; --ca overrides)"))
-    checks += judge_certificates(facts, now=datetime.now(UTC), assigned=assigned or None)
+    checks += judge_certificates(facts, now=datetime.now(UTC), assigned=assigned)
     covered = judge_route_hosts(config, facts.cert_pem)
     if covered is not None:
         checks.append(covered)
