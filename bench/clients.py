@@ -1,0 +1,196 @@
+"""One small client interface over the four ways in: direct, nginx, nginx+TLS, the tunnel.
+
+Every target gets the same prebuilt request bytes and the same accounting; only the transport
+differs. The plain and TLS clients are a bare asyncio protocol with httptools (no per-request
+objects beyond a future); the tunnel client is the product's own `TunnelClient` (websockets'
+asyncio client + the in-memory TLS session), as Anthropic's side would be played in tests.
+The client runs in the harness process and competes with the servers for the two cores: the
+figures are the servers' own CPU, and ratios measured side by side are the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import httptools
+
+from mcp_tunnel.client import TunnelClient, TunnelConnection, client_ssl_context
+
+Sink = Callable[[bytes], None]
+
+
+class BenchError(Exception):
+    """A target answered wrongly or went away: the run stops, naming the target."""
+
+
+def request_bytes(method: str, path: str, host: str, body: bytes = b"") -> bytes:
+    """The exact bytes sent for one request, built once per phase and target."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json, text/event-stream\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
+
+
+class Conn(ABC):
+    """One keep-alive connection; exchanges run one after another."""
+
+    @abstractmethod
+    async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
+        """Send `raw`, read the whole response; return the body size. `sink` sees each piece."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Orderly close (TLS close_notify, WebSocket close where there is one)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the socket at once (the idle figure's servers are killed, not drained)."""
+
+
+class Target(ABC):
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.pid = pid  # the process whose CPU and memory are this target's figures
+
+    @abstractmethod
+    async def connect(self) -> Conn: ...
+
+
+# --- plain HTTP and HTTPS ---------------------------------------------------------------
+
+
+class _HTTPProtocol(asyncio.Protocol):
+    """httptools callbacks straight into counters; one future per exchange."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[int] | None = None
+        self.sink: Sink | None = None
+        self.size = 0
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(BenchError(f"invalid HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(BenchError("connection closed before the response ended"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.sink is not None:
+            self.sink(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.size)
+
+
+class HTTPConn(Conn):
+    def __init__(self, transport: asyncio.Transport, proto: _HTTPProtocol) -> None:
+        self.transport = transport
+        self.proto = proto
+
+    async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
+        proto = self.proto
+        proto.size = 0
+        proto.sink = sink
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        proto.waiter = waiter
+        self.transport.write(raw)
+        size = await waiter
+        if proto.status != 200:
+            raise BenchError(f"HTTP {proto.status}")
+        return size
+
+    async def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+class HTTPTarget(Target):
+    """Direct to the upstream, or through nginx; `ssl_context` set means HTTPS (nginx TLS)."""
+
+    def __init__(
+        self, name: str, pid: int, port: int, *, ssl_context: ssl.SSLContext | None = None, host: str = ""
+    ) -> None:
+        super().__init__(name, pid)
+        self.port = port
+        self.ssl_context = ssl_context
+        self.host = host
+
+    async def connect(self) -> Conn:
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_connection(
+            _HTTPProtocol,
+            "127.0.0.1",
+            self.port,
+            ssl=self.ssl_context,
+            server_hostname=self.host if self.ssl_context else None,
+        )
+        assert isinstance(transport, asyncio.Transport)
+        return HTTPConn(transport, proto)
+
+
+def https_context(ca_file: str) -> ssl.SSLContext:
+    """The same client TLS settings as the tunnel's inner session (TLS 1.2+, ALPN http/1.1)."""
+    return client_ssl_context(ca_file)
+
+
+# --- the tunnel ----------------------------------------------------------------------------
+
+
+class TunnelConn(Conn):
+    def __init__(self, conn: TunnelConnection) -> None:
+        self.conn = conn
+
+    async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
+        conn = self.conn
+        await conn.send_raw(raw)
+        resp = await conn.read_response()
+        if resp.status != 200:
+            raise BenchError(f"HTTP {resp.status}")
+        size = 0
+        async for piece in resp.iter_body():
+            size += len(piece)
+            if sink is not None:
+                sink(piece)
+        return size
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    def abort(self) -> None:
+        self.conn.closed = True
+        self.conn.ws.transport.abort()
+
+
+class TunnelTarget(Target):
+    """WebSocket + inner TLS to mcp-tunnel's proxy, verified against the bench CA."""
+
+    def __init__(self, name: str, pid: int, port: int, *, ca_file: str, host: str) -> None:
+        super().__init__(name, pid)
+        self.client = TunnelClient(f"ws://127.0.0.1:{port}/", client_ssl_context(ca_file), timeout=30.0)
+        self.host = host
+
+    async def connect(self) -> Conn:
+        return TunnelConn(await self.client.connect(self.host))
