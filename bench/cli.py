@@ -94,7 +94,7 @@ def start_stack(directory: Path, pki: PKI, *, max_connections: int) -> Stack:
     try:
         up_port = free_port()
         procs["upstream"] = start_upstream(directory, up_port)
-        ports = {name: free_port() for name in ("nginx", "nginx-tls", "mcp-tunnel")}
+        ports = {name: free_port() for name in ("nginx", "nginx-tls", "mcp-tunnel", "admin")}
         procs["nginx"] = start_nginx(
             directory / "nginx", port=ports["nginx"], upstream_port=up_port, connections=max_connections
         )
@@ -109,6 +109,7 @@ def start_stack(directory: Path, pki: PKI, *, max_connections: int) -> Stack:
             directory / "mcp-tunnel",
             pki,
             port=ports["mcp-tunnel"],
+            admin_port=ports["admin"],
             upstream_port=up_port,
             max_connections=max_connections,
         )
@@ -124,7 +125,12 @@ def start_stack(directory: Path, pki: PKI, *, max_connections: int) -> Stack:
             "nginx-tls", procs["nginx-tls"].pid, ports["nginx-tls"], ssl_context=ctx, host=HOST
         ),
         "mcp-tunnel": TunnelTarget(
-            "mcp-tunnel", procs["mcp-tunnel"].pid, ports["mcp-tunnel"], ca_file=str(pki.ca_file), host=HOST
+            "mcp-tunnel",
+            procs["mcp-tunnel"].pid,
+            ports["mcp-tunnel"],
+            ca_file=str(pki.ca_file),
+            host=HOST,
+            admin_port=ports["admin"],
         ),
     }
     return Stack(procs, targets)
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if "direct" not in names and any(row.added for row in report.ROWS if row.phase in figures):
         names.insert(0, "direct")  # latencies are reported as the amount over direct
     max_conns = max(1024, settings.idle_tunnels + 256)
-    raise_nofile(2 * max_conns + 1024)
+    raise_nofile(max_conns + 1024)  # the busiest process holds one socket per idle connection
 
     workdir = Path(tempfile.mkdtemp(prefix="mcp-tunnel-bench-"))
     started = datetime.now(UTC)
@@ -268,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    med = report.medians(raw)
+    by_round = report.per_round(raw)
+    med = report.medians(by_round)
     errors = [res["error"] for rnd in raw for per in rnd.values() for res in per.values() if "error" in res]
     output = args.output or ROOT / "bench" / "results" / f"{started:%Y%m%dT%H%M%SZ}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     output.write_text(json.dumps(doc, indent=1) + "\n")
     print()
-    print(report.table(med))
+    print(report.table(by_round))
     print()
     print(report.NOTES)
     print(f"\nraw rounds: {output}")

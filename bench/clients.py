@@ -58,6 +58,10 @@ class Target(ABC):
     @abstractmethod
     async def connect(self) -> Conn: ...
 
+    async def open_connections(self) -> int | None:
+        """The server's own count of open connections, where it reports one."""
+        return None
+
 
 # --- plain HTTP and HTTPS ---------------------------------------------------------------
 
@@ -72,6 +76,7 @@ class _HTTPProtocol(asyncio.Protocol):
         self.sink: Sink | None = None
         self.size = 0
         self.status = 0
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -84,6 +89,7 @@ class _HTTPProtocol(asyncio.Protocol):
             self._fail(BenchError(f"invalid HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self._fail(BenchError("connection closed before the response ended"))
 
     def _fail(self, exc: Exception) -> None:
@@ -110,6 +116,8 @@ class HTTPConn(Conn):
 
     async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
         proto = self.proto
+        if proto.lost:
+            raise BenchError("connection closed by the server while idle")
         proto.size = 0
         proto.sink = sink
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -187,10 +195,29 @@ class TunnelConn(Conn):
 class TunnelTarget(Target):
     """WebSocket + inner TLS to mcp-tunnel's proxy, verified against the bench CA."""
 
-    def __init__(self, name: str, pid: int, port: int, *, ca_file: str, host: str) -> None:
+    def __init__(
+        self, name: str, pid: int, port: int, *, ca_file: str, host: str, admin_port: int | None = None
+    ) -> None:
         super().__init__(name, pid)
         self.client = TunnelClient(f"ws://127.0.0.1:{port}/", client_ssl_context(ca_file), timeout=30.0)
         self.host = host
+        self.admin_port = admin_port
 
     async def connect(self) -> Conn:
         return TunnelConn(await self.client.connect(self.host))
+
+    async def open_connections(self) -> int | None:
+        """`mcp_tunnel_tunnels_open` from the admin listener's /metrics (None if not served)."""
+        if self.admin_port is None:
+            return None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            text = (await reader.read()).decode("latin-1")
+            writer.close()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("mcp_tunnel_tunnels_open "):
+                return int(float(line.split()[1]))
+        return None

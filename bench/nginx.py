@@ -89,8 +89,10 @@ def start_nginx(
         CONF.format(
             user="user root;" if os.geteuid() == 0 else "",
             prefix=prefix,
-            nofile=connections * 2 + 64,
-            connections=connections,
+            nofile=connections * 9 // 8 + 1024,
+            # nginx starts closing idle keep-alive connections when under 1/16 of its
+            # connection slots are free: leave room above what the idle figure holds.
+            connections=connections * 9 // 8 + 256,
             upstream_port=upstream_port,
             port=port,
             ssl=" ssl" if tls else "",

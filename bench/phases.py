@@ -122,12 +122,18 @@ class Budget:
 
 
 async def open_conns(
-    target: Target, n: int, *, concurrency: int = 32, deadline: float | None = None
+    target: Target,
+    n: int,
+    *,
+    concurrency: int = 32,
+    deadline: float | None = None,
+    into: list[Conn] | None = None,
 ) -> list[Conn]:
     """`n` connections (fewer if `deadline`, a loop time, passes first), at most `concurrency`
-    handshakes in flight so none comes near the server's handshake timeout."""
+    handshakes in flight so none comes near the server's handshake timeout. Each is appended
+    to `into` as it opens, so a caller can release them even when a later one fails."""
     loop = asyncio.get_running_loop()
-    conns: list[Conn] = []
+    conns: list[Conn] = [] if into is None else into
     left = n
 
     async def opener() -> None:
@@ -344,31 +350,41 @@ async def idle(target: Target, s: Settings) -> Result:
     sample of the held connections shows they are all still alive.
     """
     raw = request_bytes("POST", "/small", HOST, SMALL_BODY)
-    warm = await open_conns(target, s.idle_warm)
+    warm: list[Conn] = []
+    held: list[Conn] = []
+    try:
+        return await _hold(target, s, raw, warm, held)
+    finally:
+        for conn in warm + held:
+            conn.abort()
+        await asyncio.sleep(0.1)  # the aborted sockets are closed by the loop, freeing descriptors
+
+
+async def _hold(target: Target, s: Settings, raw: bytes, warm: list[Conn], held: list[Conn]) -> Result:
+    await open_conns(target, s.idle_warm, into=warm)
     await asyncio.gather(*(c.exchange(raw) for c in warm))
     await asyncio.sleep(s.idle_settle)
     rss0 = rss_bytes(target.pid)
     t0 = time.perf_counter()
     cap = max(s.cap_seconds, s.idle_tunnels / 50)  # opening 10,000 takes a while on 2 cores
     async with asyncio.timeout(cap + GRACE):
-        held = await open_conns(
-            target, s.idle_tunnels, concurrency=64, deadline=asyncio.get_running_loop().time() + cap
-        )
+        deadline = asyncio.get_running_loop().time() + cap
+        await open_conns(target, s.idle_tunnels, concurrency=64, deadline=deadline, into=held)
     opened_s = time.perf_counter() - t0
     await asyncio.sleep(s.idle_settle)
     rss1 = rss_bytes(target.pid)
+    reported = await target.open_connections()
     step = max(1, len(held) // 100)
     sample = held[::step]
     async with asyncio.timeout(GRACE):
         await asyncio.gather(*(c.exchange(raw) for c in sample))
-    for conn in warm + held:
-        conn.abort()
     return {
         "held": len(held),
         "open_s": opened_s,
         "rss_before": rss0,
         "rss_after": rss1,
         "checked_alive": len(sample),
+        "server_reports_open": reported,
         "value": (rss1 - rss0) / len(held) / 1024,
         "unit": "KiB/connection",
     }

@@ -50,16 +50,20 @@ def round_values(row: Row, rnd: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def medians(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """{row id: {target: median over rounds}}; row id is phase or phase.key."""
-    table: dict[str, dict[str, float]] = {}
+def per_round(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """{row id: {target: [value of each round]}}; row id is phase or phase.key."""
+    out: dict[str, dict[str, list[float]]] = {}
     for row in ROWS:
         per_target: dict[str, list[float]] = {}
         for rnd in rounds:
             for target, value in round_values(row, rnd).items():
                 per_target.setdefault(target, []).append(value)
-        table[row_id(row)] = {t: statistics.median(v) for t, v in per_target.items()}
-    return table
+        out[row_id(row)] = per_target
+    return out
+
+
+def medians(values: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {rid: {t: statistics.median(v) for t, v in per.items()} for rid, per in values.items()}
 
 
 def row_id(row: Row) -> str:
@@ -79,15 +83,18 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-def table(med: dict[str, dict[str, float]]) -> str:
+def table(values_by_round: dict[str, dict[str, list[float]]]) -> str:
     """Markdown, so the same text goes to the terminal and into docs/performance.md."""
+    med = medians(values_by_round)
     head = (
-        "| figure | unit | direct | nginx | nginx TLS | mcp-tunnel "
+        "| figure | unit | direct | nginx | nginx TLS | mcp-tunnel | mcp-tunnel min..max "
         "| mcp-tunnel / nginx TLS | mcp-tunnel / direct | target | met |"
     )
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in ROWS:
         values = med.get(row_id(row), {})
+        spread = values_by_round.get(row_id(row), {}).get(OURS)
+        span = "-" if not spread else f"{_fmt(min(spread), row.added)}..{_fmt(max(spread), row.added)}"
         ours = values.get(OURS)
         direct = values.get("direct")
         cells = [_fmt(values.get(t), row.added and t != "direct") for t in TARGETS]
@@ -97,8 +104,9 @@ def table(med: dict[str, dict[str, float]]) -> str:
         else:
             vs_direct = _ratio(ours, direct)
         met = "-" if ours is None else ("yes" if ours <= row.goal else "no")
+        vs_reference = _ratio(ours, values.get(REFERENCE))
         lines.append(
-            f"| {row.label} | {row.unit} | {' | '.join(cells)} | {_ratio(ours, values.get(REFERENCE))} "
+            f"| {row.label} | {row.unit} | {' | '.join(cells)} | {span} | {vs_reference} "
             f"| {vs_direct} | {row.goal_text} | {met} |"
         )
     return "\n".join(lines)

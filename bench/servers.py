@@ -128,13 +128,15 @@ def write_proxy_config(
     return path
 
 
-def start_proxy(directory: Path, pki: PKI, *, port: int, upstream_port: int, max_connections: int) -> Process:
+def start_proxy(
+    directory: Path, pki: PKI, *, port: int, admin_port: int, upstream_port: int, max_connections: int
+) -> Process:
     """`mcp-tunnel proxy -config FILE`, its stderr (the log lines) redirected to proxy.log."""
     config = write_proxy_config(
         directory,
         pki,
         port=port,
-        admin_port=free_port(),
+        admin_port=admin_port,
         upstream_port=upstream_port,
         max_connections=max_connections,
     )
