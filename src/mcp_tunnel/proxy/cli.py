@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
+from typing import NoReturn
 
 from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mcp_tunnel.errors import CertificateError, ConfigError
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.reload import ConfigReloader
 from mcp_tunnel.proxy.server import ProxyServer, load_certificates
 
 
@@ -47,12 +51,18 @@ def main(argv: list[str]) -> int:
         for warning in config.warnings:
             print(f"  warning: {warning}")
         return 0
-    return asyncio.run(serve(config, log, watcher))
+    return asyncio.run(serve(config, log, watcher, tunnel_domain=args.tunnel_domain))
 
 
-async def serve(config: Config, log: Logger, watcher: CertificateWatcher) -> int:
-    """Run until SIGTERM/SIGINT, then drain within shutdown_timeout; a second signal exits at once."""
+async def serve(
+    config: Config, log: Logger, watcher: CertificateWatcher, *, tunnel_domain: str | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain within shutdown_timeout; a second signal exits at once.
+
+    SIGHUP reloads the config (so does a change of the file, polled by `ConfigReloader`).
+    """
     server = ProxyServer(config, log, watcher=watcher)
+    reloader = ConfigReloader(server, config.path, tunnel_domain=tunnel_domain)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -62,15 +72,42 @@ async def serve(config: Config, log: Logger, watcher: CertificateWatcher) -> int
         signals += 1
         if signals > 1:
             log.warn("second signal, exiting now", signal=signame)
-            sys.stderr.flush()
-            raise SystemExit(1)
-        log.info("shutting down", signal=signame, timeout=f"{config.shutdown_timeout:g}s")
+            exit_now(1)
+        server.draining = True  # readiness off at once, before anything else happens
+        log.info("shutting down", signal=signame, timeout=f"{server.config.shutdown_timeout:g}s")
         stop.set()
+
+    def on_hangup() -> None:
+        if server.draining:
+            log.info("SIGHUP ignored: shutting down")
+            return
+        reloader.reload("SIGHUP")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    await server.start()  # after the handlers: a signal right after "listening" must drain
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    try:
+        await server.start()  # after the handlers: a signal right after "listening" must drain
+    except OSError as exc:
+        log.error("cannot listen", error=str(exc))
+        await server.stop(0)
+        return 1
+    reloader.start()
     await stop.wait()
-    await server.stop(config.shutdown_timeout)
+    reloader.stop()
+    await server.stop(server.config.shutdown_timeout)
     log.info("stopped")
     return 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave the process at once: no task cancellation, no waiting for executor threads.
+
+    `SystemExit` raised from a signal handler unwinds through `asyncio.run`, which then cancels
+    every task and joins the default executor; a resolver thread stuck in `getaddrinfo` would
+    hold the exit for as long as it takes. An operator's second Ctrl-C means now.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        sys.stdout.flush()
+    os._exit(code)

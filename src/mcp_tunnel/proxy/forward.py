@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from mcp_tunnel.config import Limits, UpstreamSettings
 from mcp_tunnel.errors import (
     NoRoute,
     ProxyError,
@@ -25,7 +26,8 @@ from mcp_tunnel.http_rules import (
     error_response,
     upstream_request_head,
 )
-from mcp_tunnel.proxy.upstream import UpstreamConnection
+from mcp_tunnel.metrics import refusal_reason
+from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
 
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.http_server import Exchange, InnerHTTP
@@ -89,56 +91,81 @@ class Forwarder:
             if ex.prev is not None and not ex.prev.finished:
                 await _wait_finished(ex.prev)
             head = ex.head
-            if head is not None and log.info_enabled:
-                log.info("request started", method=head.method, host=head.host, path=head.path)
+            if log.info_enabled:
+                if head is not None:
+                    log.info("request started", method=head.method, host=head.host, path=head.path)
+                else:  # refused before it could be understood: still one pair of lines
+                    log.info("request started", method="-", host="-", path="-")
             if ex.error is not None:
                 raise ex.error
             assert head is not None
+            if tunnel.sni_host is not None and tunnel.sni_host != head.host:
+                server.sni_mismatch(tunnel, head.host)
+            # One consistent view of the config for the whole exchange, even across a reload.
             route = server.router.lookup(head.host)
             if route is None:
                 log.warn("no route for host", host=head.host)
                 raise NoRoute(f"no route for host {head.host}")
             ex.route_key = route.key
-            await self._proxy(tunnel, http, ex, route)
+            await self._proxy(
+                tunnel, http, ex, route, server.connector, server.upstream_settings, server.limits
+            )
         except ProxyError as err:
             ex.status = err.status
+            ex.reason = err.reason
+            reason = refusal_reason(err)
+            if reason is not None:
+                server.metrics.upstream_failed(ex.route_key, reason)
             if ex.response_started:
                 tunnel.close_abruptly()
             else:
-                keep = not ex.close_after and ex.body.done and not ex.body.failed
+                keep = not ex.close_after and ex.body.done and not ex.body.failed and not server.draining
                 ex.close_after = ex.close_after or not keep
                 data = error_response(err, keep_alive=keep)
                 ex.response_bytes = len(data)
                 tunnel.send_plain(data)
-            if err.status >= 500:
-                log.info("request failed", status=err.status, reason=err.reason, route=ex.route_key)
         except _Truncated:
+            ex.reason = "upstream ended the response early"
             ex.close_after = True
             tunnel.close_abruptly()
         except asyncio.CancelledError:
             ex.status = ex.status or 499
+            ex.reason = ex.reason or "cancelled: the tunnel closed or the proxy is shutting down"
             raise
         finally:
             self._finish(http, ex)
 
     def _finish(self, http: InnerHTTP, ex: Exchange) -> None:
-        log = self.server.log
-        if log.info_enabled and ex.head is not None:
-            log.info(
-                "request completed",
-                method=ex.head.method,
-                host=ex.head.host,
-                path=ex.head.path,
-                status=ex.status,
-                duration_ms=round((time.perf_counter() - ex.started) * 1000, 3),
-                bytes=ex.response_bytes,
-                route=ex.route_key,
-            )
-        self.server.request_finished(ex)
+        server = self.server
+        log = server.log
+        seconds = time.perf_counter() - ex.started
+        if log.info_enabled:
+            head = ex.head
+            fields = {
+                "method": head.method if head else "-",
+                "host": head.host if head else "-",
+                "path": head.path if head else "-",
+                "status": ex.status,
+                "duration_ms": round(seconds * 1000, 3),
+                "bytes": ex.response_bytes,
+                "route": ex.route_key,
+            }
+            if ex.reason:
+                fields["error"] = ex.reason
+            log.log("info", "request completed", fields)
+        server.request_finished(ex, seconds)
         http.exchange_done(ex)
 
-    async def _proxy(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange, route: Route) -> None:
-        connector = self.server.connector
+    async def _proxy(
+        self,
+        tunnel: TunnelProtocol,
+        http: InnerHTTP,
+        ex: Exchange,
+        route: Route,
+        connector: Connector,
+        settings: UpstreamSettings,
+        limits: Limits,
+    ) -> None:
         head = ex.head
         assert head is not None
         # A body that has fully arrived is sent with the head in one write, and can be sent
@@ -147,7 +174,7 @@ class Forwarder:
         for attempt in (1, 2):
             conn = await connector.acquire(route)
             try:
-                reusable = await self._exchange(tunnel, http, ex, route, conn, whole)
+                reusable = await self._exchange(tunnel, http, ex, route, conn, whole, settings, limits)
             except _StaleConnection:
                 conn.close()
                 if attempt == 2:
@@ -170,11 +197,12 @@ class Forwarder:
         route: Route,
         conn: UpstreamConnection,
         whole: bytes | None,
+        settings: UpstreamSettings,
+        limits: Limits,
     ) -> bool:
         """Send the request, stream the response; True if the connection may be reused."""
         head = ex.head
         assert head is not None
-        settings = self.server.upstream_settings
         host_header = route.authority.encode() if settings.host_header == "upstream" else head.raw_host
         out = upstream_request_head(head, host_header=host_header, forwarded_host=head.raw_host)
         writer = conn.writer
@@ -191,7 +219,7 @@ class Forwarder:
         reader = conn.reader
         try:
             try:
-                async with asyncio.timeout(self.server.limits.upstream_response_timeout):
+                async with asyncio.timeout(limits.upstream_response_timeout):
                     while not rr.headers_done:
                         data = await reader.read(READ_SIZE)
                         if not data:
@@ -209,6 +237,8 @@ class Forwarder:
                     raise _StaleConnection from None
                 raise UpstreamProtocolError("upstream reset the connection") from None
 
+            if self.server.draining:
+                ex.close_after = True  # tell the client this connection ends with this response
             framing = downstream_response_head(
                 rr.status, rr.reason, rr.headers, request_method=head.method, keep_alive=not ex.close_after
             )

@@ -91,6 +91,7 @@ class Exchange:
         "finished",
         "head",
         "prev",
+        "reason",
         "response_bytes",
         "response_started",
         "route_key",
@@ -110,6 +111,7 @@ class Exchange:
         self.response_started = False
         self.response_bytes = 0
         self.status = 0
+        self.reason = ""  # why the proxy answered or cut it itself, for the completion line
         self.route_key = "-"
         self.started = time.perf_counter()
         self.task: asyncio.Task[None] | None = None

@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import Config
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.proxy.forward import Forwarder
+from mcp_tunnel.proxy.policy import readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelProtocol
 from mcp_tunnel.proxy.upstream import Connector, Resolver
 from mcp_tunnel.tls_session import make_server_context
 
 if TYPE_CHECKING:
+    from mcp_tunnel.proxy.admin import AdminServer
     from mcp_tunnel.proxy.http_server import Exchange
+
+# After the drain deadline, how long closing tunnels get to flush their close_notify and
+# WebSocket close before their sockets are aborted.
+CLOSE_FLUSH_SECONDS = 1.0
 
 
 class ProxyServer:
@@ -29,42 +38,67 @@ class ProxyServer:
         *,
         resolver: Resolver | None = None,
         watcher: CertificateWatcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.log = log
         self.resolver = resolver
+        self.metrics = metrics or Metrics()
         self.forwarder = Forwarder(self)
         self.tunnels: set[TunnelProtocol] = set()
+        self.admitted = 0  # tunnels past the WebSocket upgrade: what max_connections counts
         self.draining = False
+        self.admin: AdminServer | None = None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle_event: asyncio.Event | None = None
         self.watcher = watcher or load_certificates(config, log)
         self.apply(config)
+        self.metrics.config_loaded(True, time.time(), reload=False)
 
-    def apply(self, config: Config) -> None:
-        """Use a validated configuration for everything that starts from now on."""
+    def apply(self, config: Config, *, watcher: CertificateWatcher | None = None) -> None:
+        """Use a validated configuration for everything that starts from now on.
+
+        One synchronous swap, so a request sees either the old or the new config, never a mix.
+        Connections keep the limits they started with; exchanges in flight keep the connector
+        (and so the IP policy) they started with: the old connector is retired, not dropped.
+        """
+        old = getattr(self, "connector", None)
         self.config = config
         self.limits = config.limits
         self.router = config.router
         self.upstream_settings = config.upstream
-        old = getattr(self, "connector", None)
         self.connector = Connector(
             config.upstream,
             self.log,
             resolver=self.resolver,
             connect_timeout=config.limits.upstream_connect_timeout,
         )
+        if watcher is not None:
+            self.watcher = watcher
+        self.metrics.certificate_loaded(self.watcher.not_after)
+        self.metrics.routes_configured(config.routes)
         if old is not None:
-            old.close_idle()
+            old.close()
 
     def tls_context(self) -> ssl.SSLContext:
         """The pair for new handshakes; a reload swaps it, live sessions keep theirs."""
         return self.watcher.context
 
+    def readiness(self) -> str | None:
+        """Why /readyz must answer 503, or None."""
+        return readiness_problem(
+            listening=self._server is not None and self._server.is_serving(),
+            draining=self.draining,
+            cert_not_after=self.watcher.not_after,
+            now=datetime.now(UTC),
+        )
+
     async def _poll_certificates(self) -> None:
         while True:
             await asyncio.sleep(self.config.cert_reload_interval)
-            self.watcher.poll()
+            if self.watcher.poll():
+                self.metrics.certificate_loaded(self.watcher.not_after)
 
     async def _keepalive(self) -> None:
         """Ping tunnels that have been quiet; close those whose peer stopped answering."""
@@ -78,7 +112,14 @@ class ProxyServer:
     # --- listener -----------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen (and serve admin_addr when set). Raises OSError when a socket cannot be bound."""
         cfg = self.config
+        if cfg.admin_port is not None:
+            from mcp_tunnel.proxy.admin import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start(cfg.admin_host or None, cfg.admin_port)
+            self.log.info("admin listening", addr=self.admin.address)
         if sock is not None:
             self._server = await self.loop.create_server(lambda: TunnelProtocol(self), sock=sock)
         else:
@@ -116,8 +157,17 @@ class ProxyServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    def _busy(self) -> list[TunnelProtocol]:
+        return [t for t in self.tunnels if t.http is not None and t.http.exchanges]
+
     async def stop(self, grace: float) -> None:
-        """Drain: refuse new tunnels, let requests in flight finish, close idle connections."""
+        """Drain (SPEC §6): readiness off, no new tunnels, requests in flight finish, idle closed.
+
+        Readiness turns off first (`draining`), then the listener closes. Idle tunnels are
+        closed gracefully at once; a busy one is closed as soon as its last exchange ends (see
+        `exchange_idle`), and its responses meanwhile say `Connection: close`. At the deadline,
+        what is still running (an SSE stream) is cut.
+        """
         self.draining = True
         if self._server is not None:
             self._server.close()
@@ -125,51 +175,95 @@ class ProxyServer:
         for tunnel in list(self.tunnels):
             if tunnel.http is None or not tunnel.http.exchanges:
                 tunnel.close_gracefully()
-        while any(t.http is not None and t.http.exchanges for t in self.tunnels):
-            remaining = deadline - self.loop.time()
-            if remaining <= 0:
-                break
-            self._idle_event = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._idle_event.wait(), remaining)
-            except TimeoutError:
-                break
+        busy = self._busy()
+        if busy:
+            self.log.info("waiting for requests in flight", tunnels=len(busy), timeout=f"{grace:g}s")
+        while busy and await self._wait_change(deadline):
+            busy = self._busy()
+        if busy:
+            self.log.warn(
+                "shutdown timeout reached, cutting requests in flight",
+                requests=sum(len(t.http.exchanges) for t in busy if t.http is not None),
+            )
         for tunnel in list(self.tunnels):
             if tunnel.http is not None:
                 tunnel.http.abort("shutdown")
             tunnel.close_gracefully()
-        self.connector.close_idle()
-        if self._server is not None:
-            self._server.close()
+        flush_until = self.loop.time() + CLOSE_FLUSH_SECONDS
+        while self.tunnels and await self._wait_change(flush_until):
+            pass
+        for tunnel in list(self.tunnels):
+            tunnel.abort()
+        self.connector.close()
         for task in self._tasks:
             task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+
+    async def _wait_change(self, deadline: float) -> bool:
+        """Wait for a tunnel to close or go idle; False once the loop time `deadline` has passed."""
+        if deadline <= self.loop.time():
+            return False
+        self._idle_event = event = asyncio.Event()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # --- events from tunnels (metrics hook points) --------------------------------------
 
     def admission(self) -> str | None:
-        """Why a new tunnel must be refused, or None."""
+        """Why a new tunnel must be refused (the 503 body), or None.
+
+        Only admitted tunnels count: one still in its upgrade is not yet a tunnel, and is
+        bounded by the handshake timeout instead.
+        """
         if self.draining:
+            self.metrics.tunnel_refused("draining")
             return "proxy is shutting down"
-        if len(self.tunnels) > self.limits.max_connections:
+        if self.admitted >= self.limits.max_connections:
+            self.metrics.tunnel_refused("capacity")
             return "too many tunnel connections"
         return None
 
     def tunnel_opened(self, tunnel: TunnelProtocol) -> None:
         self.tunnels.add(tunnel)
 
+    def tunnel_admitted(self, tunnel: TunnelProtocol) -> None:
+        tunnel.admitted = True
+        self.admitted += 1
+        self.metrics.tunnel_opened()
+
     def tunnel_closed(self, tunnel: TunnelProtocol) -> None:
         self.tunnels.discard(tunnel)
+        if tunnel.admitted:
+            tunnel.admitted = False
+            self.admitted -= 1
+            self.metrics.tunnel_closed()
         self._wake_drain()
 
     def handshake_failed(self, tunnel: TunnelProtocol, reason: str) -> None:
+        """The inner TLS handshake failed; `reason` is the TLS alert text."""
+        self.metrics.handshake_failed(handshake_reason_label(reason))
         self.log.warn(f"tls handshake failed: {reason}", peer=tunnel.peer, reason=reason)
+
+    def handshake_refused(self, tunnel: TunnelProtocol, label: str) -> None:
+        """A tunnel that never got to TLS, or never finished it (timeout, not a WebSocket)."""
+        self.metrics.handshake_failed(label)
 
     def handshake_succeeded(self, tunnel: TunnelProtocol) -> None:
         if self.log.debug_enabled:
             self.log.debug("tls handshake completed", peer=tunnel.peer, sni=tunnel.sni or "-")
 
-    def request_finished(self, ex: Exchange) -> None:
-        pass
+    def sni_mismatch(self, tunnel: TunnelProtocol, host: str) -> None:
+        self.metrics.sni_mismatch()
+        if self.log.debug_enabled:
+            self.log.debug("sni differs from host", peer=tunnel.peer, sni=tunnel.sni or "-", host=host)
+
+    def request_finished(self, ex: Exchange, seconds: float) -> None:
+        self.metrics.request_finished(ex.route_key, ex.status, seconds)
 
     def exchange_idle(self, tunnel: TunnelProtocol) -> None:
         if self.draining:
@@ -177,13 +271,18 @@ class ProxyServer:
         self._wake_drain()
 
     def _wake_drain(self) -> None:
-        event = getattr(self, "_idle_event", None)
+        event = self._idle_event
         if event is not None:
             event.set()
 
 
 def load_certificates(config: Config, log: Logger) -> CertificateWatcher:
     """Load the inner-TLS pair once; raises CertificateError with a one-line reason."""
+    return load_certificates_from(config.cert_file, config.key_file, log)
+
+
+def load_certificates_from(cert_file: str, key_file: str, log: Logger) -> CertificateWatcher:
+    """A watcher for one pair, loaded; raises CertificateError with a one-line reason."""
 
     def on_event(event: str, /, **fields: object) -> None:
         if event == "certificate reload failed":
@@ -191,6 +290,6 @@ def load_certificates(config: Config, log: Logger) -> CertificateWatcher:
         else:
             log.info(event, **fields)
 
-    watcher = CertificateWatcher(config.cert_file, config.key_file, build=make_server_context, log=on_event)
+    watcher = CertificateWatcher(cert_file, key_file, build=make_server_context, log=on_event)
     watcher.load()
     return watcher

@@ -16,6 +16,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from mcp_tunnel.proxy.http_server import InnerHTTP
+from mcp_tunnel.routing import normalize_host
 from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ class TunnelProtocol(asyncio.Protocol):
         self.http: InnerHTTP | None = None
         self.peer = "-"
         self.sni: str | None = None
+        self.sni_host: str | None = None  # normalised like Host, to compare with it
         self.closing = False
+        self.admitted = False  # past the upgrade: counted against max_connections
+        self._handshake_over = False  # succeeded, or its failure was already counted
         self._text_message = False
         self._sniffed = False
         self._paused_writing = False
@@ -66,6 +70,9 @@ class TunnelProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self.tls is not None and not self._handshake_over and not self.closing:
+            self._handshake_over = True
+            self.server.handshake_refused(self, "unexpected_eof")
         if self.http is not None:
             self.http.abort("tunnel connection lost")
         for waiter in self._drain_waiters:
@@ -90,6 +97,8 @@ class TunnelProtocol(asyncio.Protocol):
         if not self._sniffed:
             self._sniffed = True
             if data[:1] == b"\x16":
+                self._handshake_over = True
+                self.server.handshake_refused(self, "raw_tls")
                 self.server.log.warn(
                     "tls handshake on the WebSocket listener: the listener is plain WebSocket, "
                     "TLS belongs inside it (curl https://... to this port is expected to fail)",
@@ -121,6 +130,7 @@ class TunnelProtocol(asyncio.Protocol):
         ws = self.ws
         if request.headers.get("Upgrade", "").lower() != "websocket":
             self._send_ws_response(ws.reject(400, NOT_A_TUNNEL))
+            self.server.handshake_refused(self, "not_websocket")
             self.server.log.info("non-websocket request on tunnel listener", peer=self.peer)
             return
         refusal = self.server.admission()
@@ -131,10 +141,12 @@ class TunnelProtocol(asyncio.Protocol):
         response = ws.accept(request)
         ws.send_response(response)
         if response.status_code != 101:
+            self.server.handshake_refused(self, "websocket")
             self.server.log.info("websocket handshake refused", peer=self.peer, status=response.status_code)
             return
         self.tls = TLSSession(self.server.tls_context(), server_side=True)
         self.http = InnerHTTP(self.server, self)
+        self.server.tunnel_admitted(self)
         self.server.log.debug("tunnel connection opened", peer=self.peer)
 
     def _send_ws_response(self, response: object) -> None:
@@ -143,6 +155,7 @@ class TunnelProtocol(asyncio.Protocol):
 
     def _plain_http_answer(self) -> None:
         body = NOT_A_TUNNEL.encode()
+        self.server.handshake_refused(self, "not_websocket")
         if self.transport is not None:
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -175,6 +188,7 @@ class TunnelProtocol(asyncio.Protocol):
         try:
             plaintext = tls.receive(data)
         except TLSHandshakeError as exc:
+            self._handshake_over = True
             self.server.handshake_failed(self, exc.reason)
             self._flush_tls()  # the alert we generated reaches the peer
             self._close_ws(CloseCode.NORMAL_CLOSURE, "tls handshake failed")
@@ -187,7 +201,9 @@ class TunnelProtocol(asyncio.Protocol):
             return
         if handshaking and tls.handshake_done:
             self._cancel_timer()
-            self.sni = tls.ssl_object.server_hostname
+            self._handshake_over = True
+            self.sni = sni = tls.ssl_object.server_hostname
+            self.sni_host = normalize_host(sni) if sni else None
             self.server.handshake_succeeded(self)
             http.start()
         if plaintext:
@@ -276,6 +292,11 @@ class TunnelProtocol(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
+        if self.ws.state is State.CONNECTING:
+            # No upgrade yet (draining): there is no WebSocket to close, only the socket.
+            if self.transport is not None:
+                self.transport.close()
+            return
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
         self._flush_ws()
@@ -285,7 +306,15 @@ class TunnelProtocol(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        self.server.log.info("tunnel handshake timed out", peer=self.peer)
+        self._handshake_over = True
+        self.server.handshake_refused(self, "timeout")
+        stage = "websocket upgrade" if self.tls is None else "tls"
+        self.server.log.info("tunnel handshake timed out", peer=self.peer, stage=stage)
+        self._abort_transport()
+
+    def abort(self) -> None:
+        """Drop the socket now (the drain deadline passed, or the peer is gone)."""
+        self._cancel_timer()
         self._abort_transport()
 
     def _abort_transport(self) -> None:
@@ -299,6 +328,8 @@ class TunnelProtocol(asyncio.Protocol):
 
     def set_timer(self, delay: float, callback: object) -> None:
         """One timer per connection (idle or header-read), replaced as the state moves on."""
+        if self.closing:
+            return  # the close timer stays: a closing connection must not wait on idle again
         self._cancel_timer()
         if delay > 0:
             self._timer = self.server.loop.call_later(delay, callback)  # type: ignore[arg-type]

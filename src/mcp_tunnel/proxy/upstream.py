@@ -25,6 +25,24 @@ POOL_IDLE_SECONDS = 4.0  # below the 5 s keep-alive of common upstream servers (
 POOL_MAX_IDLE_PER_UPSTREAM = 64
 
 
+class UpstreamDNSError(UpstreamUnreachable):
+    """The upstream's name did not resolve (fail closed)."""
+
+    refusal = "dns"
+
+
+class UpstreamConnectError(UpstreamUnreachable):
+    """No vetted address accepted the connection."""
+
+    refusal = "connect"
+
+
+class UpstreamTLSError(UpstreamUnreachable):
+    """The TLS handshake with an https upstream failed (or it has no trust anchors)."""
+
+    refusal = "tls"
+
+
 class Resolver(Protocol):
     async def resolve(self, host: str, port: int) -> list[str]:
         """IPv4 addresses for host, in preference order; raise OSError on failure."""
@@ -93,6 +111,7 @@ class Connector:
         self.ssl_context = upstream_ssl_context(settings)
         self._clock = clock
         self._idle: dict[str, list[UpstreamConnection]] = {}
+        self.closed = False
 
     async def acquire(self, route: Route) -> UpstreamConnection:
         """A pooled keep-alive connection if one is still good, else a new vetted one."""
@@ -107,12 +126,26 @@ class Connector:
         return await self.connect(route)
 
     def release(self, conn: UpstreamConnection) -> None:
+        """Pool a connection for reuse; after `close` (a reload replaced us) just close it."""
+        if self.closed:
+            conn.close()
+            return
         idle = self._idle.setdefault(conn.route.upstream, [])
         if not conn.usable() or len(idle) >= POOL_MAX_IDLE_PER_UPSTREAM:
             conn.close()
             return
         conn.idle_since = self._clock()
         idle.append(conn)
+
+    def close(self) -> None:
+        """Retire this connector (a reload made a new one).
+
+        Exchanges in flight still hold it: they may connect through it (with the policy their
+        request started under) and release to it, but nothing is pooled any more, so no
+        connection outlives the policy that vetted it.
+        """
+        self.closed = True
+        self.close_idle()
 
     def close_idle(self) -> None:
         for conns in self._idle.values():
@@ -132,7 +165,7 @@ class Connector:
             self.log.warn(
                 "upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc)
             )
-            raise UpstreamUnreachable(f"cannot resolve {route.host}: {exc}") from None
+            raise UpstreamDNSError(f"cannot resolve {route.host}: {exc}") from None
         allowed, refused = self.settings.policy.partition(addresses)
         if not allowed:
             shown = refused[0] if refused else "none"
@@ -153,7 +186,7 @@ class Connector:
             )
         tls = route.scheme == "https"
         if tls and self.ssl_context is None:
-            raise UpstreamUnreachable("https upstream without upstream.tls trust anchors")
+            raise UpstreamTLSError("https upstream without upstream.tls trust anchors")
         last_error: Exception | None = None
         for address in allowed:
             try:
@@ -171,7 +204,7 @@ class Connector:
                 continue
             except ssl.SSLError as exc:
                 self.log.warn("upstream tls failed", route=route.key, upstream=route.upstream, error=str(exc))
-                raise UpstreamUnreachable(f"upstream TLS failed: {exc}") from None
+                raise UpstreamTLSError(f"upstream TLS failed: {exc}") from None
             except OSError as exc:
                 last_error = exc
                 self.log.warn(
@@ -186,7 +219,7 @@ class Connector:
             return UpstreamConnection(route, address, reader, writer)
         if isinstance(last_error, UpstreamTimeout):
             raise last_error
-        raise UpstreamUnreachable(f"cannot connect to {route.upstream}: {last_error}")
+        raise UpstreamConnectError(f"cannot connect to {route.upstream}: {last_error}")
 
 
 def _errno_text(exc: OSError) -> str:

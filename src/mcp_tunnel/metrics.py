@@ -1,0 +1,314 @@
+"""The proxy's Prometheus metrics (SPEC §6): the families, and the pure label policy.
+
+Why a private `CollectorRegistry`: several proxies can live in one process (tests, the demo),
+and nothing else in the process gets to add series to what operators scrape.
+
+Why labels are mapped here: a label value taken from the wire (a TLS error text, a Host, a
+path) would let any peer create unbounded series. Every label value is either a configured
+route key, `-` (no route) or one of a fixed set of words below; anything unexpected becomes
+`other`.
+
+Why children are cached: `Counter.labels(...)` costs about as much as the increment itself
+plus a dict build; the per-request path does one dict lookup for the route's `RouteMetrics`
+and then only increments (about 1.5 us in all, measured with prometheus-client 0.26).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from mcp_tunnel.errors import (
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+NO_ROUTE = "-"
+_CounterChild = Counter  # what `Counter.labels(...)` returns
+
+# --- pure label policy ------------------------------------------------------------------------
+
+HANDSHAKE_REASONS = (
+    "unknown_ca",
+    "bad_certificate",
+    "certificate_expired",
+    "certificate_other",
+    "protocol_version",
+    "no_shared_cipher",
+    "no_application_protocol",
+    "handshake_failure",
+    "unexpected_eof",
+    "http_request",
+    "wrong_version_number",
+    "timeout",
+    "not_websocket",
+    "raw_tls",
+    "websocket",
+    "other",
+)
+
+# Prefixes of `certs.reload.tls_alert_reason` texts (the words the official troubleshooting
+# greps for), first match wins.
+_HANDSHAKE_PREFIXES = (
+    ("unknown ca", "unknown_ca"),
+    ("bad certificate", "bad_certificate"),
+    ("certificate expired", "certificate_expired"),
+    ("certificate", "certificate_other"),
+    ("unsupported certificate", "certificate_other"),
+    ("protocol version", "protocol_version"),
+    ("unsupported protocol", "protocol_version"),
+    ("no shared cipher", "no_shared_cipher"),
+    ("no ciphers", "no_shared_cipher"),
+    ("no application protocol", "no_application_protocol"),
+    ("handshake failure", "handshake_failure"),
+    ("unexpected eof", "unexpected_eof"),
+    ("http request", "http_request"),
+    ("wrong version number", "wrong_version_number"),
+    ("timeout", "timeout"),
+    ("timed out", "timeout"),
+)
+
+
+def handshake_reason_label(reason: str) -> str:
+    """A TLS failure text (``unknown ca (unknown certificate authority)``) as a bounded label."""
+    text = reason.strip().lower()
+    if text in HANDSHAKE_REASONS:
+        return text
+    for prefix, label in _HANDSHAKE_PREFIXES:
+        if text.startswith(prefix):
+            return label
+    return "other"
+
+
+REFUSAL_REASONS = ("ip_policy", "dns", "connect", "tls", "timeout", "protocol")
+
+
+def refusal_reason(err: ProxyError) -> str | None:
+    """Why an upstream exchange failed, as a label; None when the upstream was not involved.
+
+    `UpstreamUnreachable` subclasses say which step failed in a `refusal` class attribute
+    (`proxy.upstream` defines them); a bare one is a connect failure.
+    """
+    if isinstance(err, UpstreamRefused):
+        return "ip_policy"
+    if isinstance(err, UpstreamTimeout):
+        return "timeout"
+    if isinstance(err, UpstreamProtocolError):
+        return "protocol"
+    if isinstance(err, UpstreamUnreachable):
+        kind = getattr(err, "refusal", "connect")
+        return kind if kind in REFUSAL_REASONS else "connect"
+    return None
+
+
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def status_class(status: int) -> str:
+    """``200`` -> ``2xx``; anything outside 100..599 (0: no status sent) -> ``other``."""
+    index = status // 100
+    return STATUS_CLASSES[index] if 1 <= index <= 5 else "other"
+
+
+TUNNEL_REFUSALS = ("capacity", "draining")
+
+# Request durations: MCP calls are mostly fast JSON-RPC, but tool calls and SSE streams run long.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+# --- the families -------------------------------------------------------------------------------
+
+
+# Series created up front, so dashboards and alerts see zeros instead of nothing.
+_EAGER_CLASSES = (2, 3, 4, 5)
+
+
+class RouteMetrics:
+    """The cached children of one route label: one counter per status class, one histogram.
+
+    2xx..5xx and the upstream refusal reasons exist from the start; `1xx` and `other` (which a
+    final status should never be) only once seen. The `-` route never reaches an upstream.
+    """
+
+    __slots__ = ("by_class", "latency", "refusals", "requests", "route")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.route = route
+        self.requests = metrics.requests
+        self.by_class: list[_CounterChild | None] = [None] * len(STATUS_CLASSES)
+        for index in _EAGER_CLASSES:
+            self.by_class[index] = self.requests.labels(route, STATUS_CLASSES[index])
+        self.latency = metrics.latency.labels(route)
+        family = metrics.upstream_refusals
+        self.refusals = {r: family.labels(route, r) for r in REFUSAL_REASONS} if route != NO_ROUTE else {}
+
+    def count(self, index: int) -> _CounterChild:
+        child = self.by_class[index]
+        if child is None:
+            child = self.by_class[index] = self.requests.labels(self.route, STATUS_CLASSES[index])
+        return child
+
+
+class Metrics:
+    """Every family the proxy exposes, with small methods the proxy calls at its hook points."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+        self.tunnels_open = Gauge(
+            "mcp_tunnel_tunnels_open", "Tunnel (WebSocket) connections admitted and still open.", registry=r
+        )
+        self.tunnels_accepted = Counter(
+            "mcp_tunnel_tunnels_accepted", "Tunnel connections admitted (WebSocket upgrade done).", registry=r
+        )
+        self.tunnels_refused = Counter(
+            "mcp_tunnel_tunnels_refused",
+            "Tunnel connections refused with 503, by reason (capacity, draining).",
+            ["reason"],
+            registry=r,
+        )
+        self.handshake_failures = Counter(
+            "mcp_tunnel_handshake_failures",
+            "Tunnel connections that failed before serving: WebSocket upgrade or inner TLS, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "mcp_tunnel_requests",
+            "Inner requests answered, by route key ('-' = no route) and status class.",
+            ["route", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mcp_tunnel_request_duration_seconds",
+            "Time from the request's first byte to the end of its response, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_refusals = Counter(
+            "mcp_tunnel_upstream_refusals",
+            "Upstream exchanges refused or failed, by route and reason "
+            "(ip_policy, dns, connect, tls, timeout, protocol).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.sni_mismatches = Counter(
+            "mcp_tunnel_sni_host_mismatches",
+            "Inner requests whose Host differs from the TLS SNI of their connection.",
+            registry=r,
+        )
+        self.cert_expiry = Gauge(
+            "mcp_tunnel_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving inner-TLS certificate, as a Unix timestamp.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "mcp_tunnel_config_reloads",
+            "Config reload attempts (SIGHUP or file change), by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        self.config_last_success = Gauge(
+            "mcp_tunnel_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (start or last successful reload), Unix time.",
+            registry=r,
+        )
+        self.config_last_ok = Gauge(
+            "mcp_tunnel_config_last_reload_successful",
+            "1 if the last config load or reload attempt succeeded, else 0.",
+            registry=r,
+        )
+        self._routes: dict[str, RouteMetrics] = {}
+        self._handshake = {reason: self.handshake_failures.labels(reason) for reason in HANDSHAKE_REASONS}
+        self._refused = {reason: self.tunnels_refused.labels(reason) for reason in TUNNEL_REFUSALS}
+        self._reload_ok = self.config_reloads.labels("success")
+        self._reload_failed = self.config_reloads.labels("failure")
+        self.route(NO_ROUTE)
+
+    # --- per route ----------------------------------------------------------------------------
+
+    def route(self, key: str) -> RouteMetrics:
+        """The cached children for a route key (created on first use)."""
+        cached = self._routes.get(key)
+        if cached is None:
+            cached = self._routes[key] = RouteMetrics(self, key)
+        return cached
+
+    def routes_configured(self, keys: Iterable[str]) -> None:
+        """Create series for the configured routes (zeros show up at once); drop removed ones.
+
+        Dropping keeps the label set bounded by the current config across many reloads.
+        """
+        wanted = {*keys, NO_ROUTE}
+        for key in list(self._routes):
+            if key not in wanted:
+                del self._routes[key]
+                for cls in STATUS_CLASSES:
+                    self.requests.remove(key, cls)  # absent label sets are ignored
+                self.latency.remove(key)
+                for reason in REFUSAL_REASONS:
+                    self.upstream_refusals.remove(key, reason)
+        for key in wanted:
+            self.route(key)
+
+    # --- hot path -----------------------------------------------------------------------------
+
+    def request_finished(self, route: str, status: int, seconds: float) -> None:
+        rm = self._routes.get(route) or self.route(route)
+        index = status // 100
+        if not 1 <= index <= 5:
+            index = 0
+        (rm.by_class[index] or rm.count(index)).inc()
+        rm.latency.observe(seconds)
+
+    def sni_mismatch(self) -> None:
+        self.sni_mismatches.inc()
+
+    # --- connection events ----------------------------------------------------------------------
+
+    def tunnel_opened(self) -> None:
+        self.tunnels_accepted.inc()
+        self.tunnels_open.inc()
+
+    def tunnel_closed(self) -> None:
+        self.tunnels_open.dec()
+
+    def tunnel_refused(self, reason: str) -> None:
+        self._refused[reason if reason in self._refused else "capacity"].inc()
+
+    def handshake_failed(self, label: str) -> None:
+        self._handshake.get(label, self._handshake["other"]).inc()
+
+    def upstream_failed(self, route: str, reason: str) -> None:
+        rm = self._routes.get(route) or self.route(route)
+        child = rm.refusals.get(reason)
+        if child is None:
+            child = rm.refusals[reason] = self.upstream_refusals.labels(route, reason)
+        child.inc()
+
+    # --- state --------------------------------------------------------------------------------
+
+    def certificate_loaded(self, not_after: datetime | None) -> None:
+        if not_after is not None:
+            self.cert_expiry.set(not_after.timestamp())
+
+    def config_loaded(self, ok: bool, when: float, *, reload: bool = True) -> None:
+        """One config load: at start (`reload=False`, not counted as a reload) or a reload attempt."""
+        if reload:
+            (self._reload_ok if ok else self._reload_failed).inc()
+        self.config_last_ok.set(1 if ok else 0)
+        if ok:
+            self.config_last_success.set(when)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every family."""
+        return generate_latest(self.registry)
