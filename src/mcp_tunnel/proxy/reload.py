@@ -78,6 +78,7 @@ class ConfigReloader:
         self._seen = stamp  # taken before reading: a write after this is seen next poll
         digest = _digest(self.path)
         if digest is not None and digest == self._digest:
+            self.server.log.debug("config file touched, same content: nothing to reload", path=self.path)
             return None
         return self.reload("file change")
 
@@ -105,8 +106,6 @@ class ConfigReloader:
                 configured=item.configured,
             )
         config = plan.effective
-        if config.log_level != server.log.level or config.log_format != server.log.format:
-            log.configure(config.log_level, config.log_format)
         server.apply(config, watcher=watcher)
         server.metrics.config_loaded(True, time.time())
         log.info(
@@ -123,6 +122,9 @@ class ConfigReloader:
             log.info("route removed", route=key)
         for warning in config.warnings:
             log.warn(warning)
+        # Last, so the lines about this reload follow the level in force when it was asked for.
+        if config.log_level != log.level or config.log_format != log.format:
+            log.configure(config.log_level, config.log_format)
         return True
 
 

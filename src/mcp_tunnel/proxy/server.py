@@ -15,7 +15,7 @@ from mcp_tunnel.logs import Logger
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.policy import readiness_problem
-from mcp_tunnel.proxy.tunnel import TunnelProtocol
+from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
 from mcp_tunnel.proxy.upstream import Connector, Resolver
 from mcp_tunnel.tls_session import make_server_context
 
@@ -290,6 +290,18 @@ def load_certificates_from(cert_file: str, key_file: str, log: Logger) -> Certif
         else:
             log.info(event, **fields)
 
-    watcher = CertificateWatcher(cert_file, key_file, build=make_server_context, log=on_event)
+    watcher = CertificateWatcher(cert_file, key_file, build=server_context_with_sni, log=on_event)
     watcher.load()
     return watcher
+
+
+def server_context_with_sni(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The inner-TLS server context, noting the client's SNI on each session.
+
+    A server-side `SSLObject` does not expose the name the client sent (its `server_hostname`
+    is what *we* passed, None); the SNI callback is the only place it is seen. It is kept for
+    the SNI/Host mismatch metric and the debug log.
+    """
+    ctx = make_server_context(cert_file, key_file)
+    ctx.sni_callback = remember_sni
+    return ctx

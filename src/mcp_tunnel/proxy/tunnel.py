@@ -8,6 +8,7 @@ boundaries mean nothing; binary payloads are fed to TLS as they arrive.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import TYPE_CHECKING
 
 from websockets.frames import CloseCode, Frame, Opcode
@@ -22,6 +23,7 @@ from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
 
+
 MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
 MAX_OUT_MESSAGE = 64 * 1024
 HIGH_WATER = 256 * 1024
@@ -30,6 +32,23 @@ NOT_A_TUNNEL = (
     "This listener expects a WebSocket carrying TLS (an MCP tunnel connection from cloudflared); "
     "plain HTTP requests are not served here.\n"
 )
+
+
+_SNI_ATTRIBUTE = "mcp_tunnel_sni"
+
+
+def remember_sni(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
+    """`SSLContext.sni_callback`: note the name the client sent on its session object.
+
+    A server-side `SSLObject` does not expose the client's SNI (its `server_hostname` is what
+    we passed: None); this callback is the only place it is seen.
+    """
+    setattr(obj, _SNI_ATTRIBUTE, name)
+
+
+def session_sni(obj: ssl.SSLObject) -> str | None:
+    value = getattr(obj, _SNI_ATTRIBUTE, None)
+    return value if isinstance(value, str) else None
 
 
 class TunnelProtocol(asyncio.Protocol):
@@ -202,7 +221,7 @@ class TunnelProtocol(asyncio.Protocol):
         if handshaking and tls.handshake_done:
             self._cancel_timer()
             self._handshake_over = True
-            self.sni = sni = tls.ssl_object.server_hostname
+            self.sni = sni = session_sni(tls.ssl_object)
             self.sni_host = normalize_host(sni) if sni else None
             self.server.handshake_succeeded(self)
             http.start()
