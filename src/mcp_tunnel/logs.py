@@ -9,6 +9,10 @@ one regex match instead of a per-character loop. Callers never pass bodies, quer
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import io
 import json
 import re
 import sys
@@ -55,6 +59,7 @@ class Logger:
     def __init__(self, level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self._clock = _Clock()
+        self._flush_pending = False
         self.configure(level, fmt)
 
     def configure(self, level: str, fmt: str) -> None:
@@ -80,9 +85,30 @@ class Logger:
                 line += " " + " ".join([f"{k}={_logfmt_value(v)}" for k, v in fields.items()])
         try:
             self.stream.write(line + "\n")
-            self.stream.flush()
         except (OSError, ValueError):
-            pass  # a closed or full stderr must never take the proxy down
+            return  # a closed or full stderr must never take the proxy down
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """One flush (one write system call) per event-loop iteration, not one per line.
+
+        Every line logged while the loop handles a batch of ready sockets goes out together at
+        the end of that batch; outside a running loop each line is flushed at once.
+        """
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
 
     def debug(self, msg: str, **fields: Any) -> None:
         if self.debug_enabled:
@@ -97,3 +123,21 @@ class Logger:
 
     def error(self, msg: str, **fields: Any) -> None:
         self.log("error", msg, fields)
+
+
+def buffered_stderr() -> TextIO:
+    """stderr without Python's line buffering, for a logger that flushes once per loop turn.
+
+    Since Python 3.9 `sys.stderr` flushes at every newline, which would cost the proxy one
+    write system call per log line; this wrapper shares file descriptor 2 and is flushed by the
+    Logger (and at exit).
+    """
+    raw = io.FileIO(sys.stderr.fileno(), "w", closefd=False)
+    stream = io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8", errors="backslashreplace")
+    atexit.register(_quiet_flush, stream)
+    return stream
+
+
+def _quiet_flush(stream: TextIO) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()

@@ -69,9 +69,10 @@ class TLSSession:
                 raise TLSHandshakeError(tls_alert_reason(exc)) from exc
             self.handshake_done = True
         chunks: list[bytes] = []
+        obj, incoming = self._obj, self._in
         while True:
             try:
-                piece = self._obj.read(65536)
+                piece = obj.read(65536)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -81,6 +82,9 @@ class TLSSession:
                 self.closed_by_peer = True
                 break
             chunks.append(piece)
+            # Nothing left to decrypt: stop without paying for the SSLWantReadError.
+            if not incoming.pending and not obj.pending():
+                break
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)

@@ -296,12 +296,12 @@ async def test_retired_connector_closes_instead_of_pooling(
     proxy.server.apply(proxy.server.config)  # a reload
     assert proxy.server.connector is not old and old.closed
     old.release(conn)
-    assert conn.writer.is_closing()
+    assert conn.transport.is_closing()
     assert old._idle == {}
     fresh = Connector(proxy.server.config.upstream, Logger("error"))
     conn2 = await fresh.acquire(route)
     fresh.release(conn2)
-    assert not conn2.writer.is_closing()  # a live connector pools it (the control case)
+    assert not conn2.transport.is_closing()  # a live connector pools it (the control case)
     fresh.close()
-    assert conn2.writer.is_closing()
+    assert conn2.transport.is_closing()
     await proxy.stop()

@@ -8,12 +8,13 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mcp_tunnel.errors import CertificateError, ConfigError
-from mcp_tunnel.logs import Logger
+from mcp_tunnel.logs import Logger, buffered_stderr
 from mcp_tunnel.proxy.reload import ConfigReloader
 from mcp_tunnel.proxy.server import ProxyServer, load_certificates
 
@@ -39,7 +40,7 @@ def load_tls(config: Config, log: Logger) -> CertificateWatcher:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config, tunnel_domain=args.tunnel_domain)
-    log = Logger(config.log_level, config.log_format)
+    log = Logger(config.log_level, config.log_format, stream=buffered_stderr())
     if args.check:
         log = Logger("error", config.log_format)
     watcher = load_tls(config, log)
@@ -51,7 +52,20 @@ def main(argv: list[str]) -> int:
         for warning in config.warnings:
             print(f"  warning: {warning}")
         return 0
-    return asyncio.run(serve(config, log, watcher, tunnel_domain=args.tunnel_domain))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(serve(config, log, watcher, tunnel_domain=args.tunnel_domain))
+    finally:
+        log.flush()
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (it cuts the event loop's own cost per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def serve(
@@ -72,6 +86,7 @@ async def serve(
         signals += 1
         if signals > 1:
             log.warn("second signal, exiting now", signal=signame)
+            log.flush()
             exit_now(1)
         server.draining = True  # readiness off at once, before anything else happens
         log.info("shutting down", signal=signame, timeout=f"{server.config.shutdown_timeout:g}s")

@@ -21,6 +21,7 @@ from mcp_tunnel.errors import (
 )
 from mcp_tunnel.http_rules import (
     LAST_CHUNK,
+    ResponseFraming,
     chunk,
     downstream_response_head,
     error_response,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
     from mcp_tunnel.proxy.tunnel import TunnelProtocol
     from mcp_tunnel.routing import Route
 
-READ_SIZE = 65536
-
 
 class _Truncated(Exception):
     """The upstream broke off mid-body: the client must see a truncation, not a clean end."""
@@ -46,20 +45,66 @@ class _StaleConnection(Exception):
     """A reused keep-alive connection that the upstream had already closed."""
 
 
-class ResponseReader:
-    """httptools callbacks for one upstream response."""
+class ResponseRelay:
+    """One upstream response, parsed as its bytes arrive and relayed to the tunnel at once.
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser", "reason", "status")
+    httptools calls back into this object from `UpstreamProtocol.data_received`; whatever one
+    upstream read completes goes to the tunnel as one write. `done` resolves with whether the
+    upstream connection may be reused, or fails with what went wrong.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "close_delimited",
+        "complete",
+        "conn",
+        "done",
+        "ex",
+        "framing",
+        "headers",
+        "interim",
+        "keep_alive",
+        "method",
+        "out",
+        "parser",
+        "reason",
+        "received",
+        "replayable",
+        "tunnel",
+    )
+
+    def __init__(
+        self,
+        tunnel: TunnelProtocol,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        *,
+        replayable: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        assert ex.head is not None
         self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
+        self.tunnel = tunnel
+        self.ex = ex
+        self.conn = conn
+        self.method = ex.head.method
+        self.replayable = replayable
+        self.done: asyncio.Future[bool] = loop.create_future()
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done = False
+        self.framing: ResponseFraming | None = None
+        self.interim = False
         self.keep_alive = False
-        self.body: list[bytes] = []
         self.complete = False
+        self.close_delimited = False
+        self.received = False
+        self.out: list[bytes] = []
+
+    # --- httptools callbacks --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.reason = b""
+        self.headers = []
+        self.interim = False
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -68,15 +113,100 @@ class ResponseReader:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.interim = True
+            return
+        ex = self.ex
         self.keep_alive = bool(self.parser.should_keep_alive())
-        self.headers_done = True
+        if self.tunnel.server.draining:
+            ex.close_after = True  # tell the client this connection ends with this response
+        framing = downstream_response_head(
+            status, self.reason, self.headers, request_method=self.method, keep_alive=not ex.close_after
+        )
+        self.framing = framing
+        ex.status = status
+        ex.response_started = True
+        self.out.append(framing.head)
+        self.close_delimited = framing.chunked and not any(n == b"transfer-encoding" for n, _ in self.headers)
+        if not framing.has_body:
+            self._complete()
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        framing = self.framing
+        if framing is None or self.complete:
+            return
+        self.ex.response_bytes += len(body)
+        self.out.append(chunk(body) if framing.chunked else body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            # 100 Continue, 103 Early Hints: passed straight through before the final answer.
+            lines = [b"HTTP/1.1 %d " % self.parser.get_status_code() + (self.reason or b"Continue")]
+            lines += [n + b": " + v for n, v in self.headers]
+            self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+            return
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.complete:
+            return
         self.complete = True
+        if self.framing is not None and self.framing.chunked:
+            self.out.append(LAST_CHUNK)
+
+    # --- driven by the upstream connection ------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.received = True
+        if self.complete:  # bytes after a HEAD answer or a bodiless status: not reusable
+            self.keep_alive = False
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("upstream tried to switch protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
+        self._flush()
+
+    def _flush(self) -> None:
+        tunnel = self.tunnel
+        if self.out:
+            tunnel.send_plain(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+            self.out.clear()
+        if self.complete:
+            if not self.done.done():
+                self.done.set_result(self.keep_alive and self.method != "HEAD")
+        elif not tunnel.writable:
+            # The tunnel's peer is slow: stop reading the upstream until it catches up.
+            transport = self.conn.transport
+            transport.pause_reading()
+            tunnel.when_writable(transport.resume_reading)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.framing is None:
+            if self.conn.reused and not self.received and self.replayable:
+                self._fail(_StaleConnection())
+            else:
+                self._fail(UpstreamProtocolError("upstream closed before responding"))
+        elif self.close_delimited:
+            self.keep_alive = False
+            self._complete()
+            self._flush()
+        elif not self.complete:
+            self._fail(_Truncated())
+
+    def timeout(self) -> None:
+        if self.framing is None:
+            self._fail(UpstreamTimeout("upstream response timeout"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.out.clear() if self.framing is None else None
+        if not self.done.done():
+            self.done.set_exception(exc)
 
 
 class Forwarder:
@@ -200,115 +330,53 @@ class Forwarder:
         settings: UpstreamSettings,
         limits: Limits,
     ) -> bool:
-        """Send the request, stream the response; True if the connection may be reused."""
+        """Send the request, relay the response; True if the connection may be reused."""
         head = ex.head
         assert head is not None
         host_header = route.authority.encode() if settings.host_header == "upstream" else head.raw_host
         out = upstream_request_head(head, host_header=host_header, forwarded_host=head.raw_host)
-        writer = conn.writer
-        sender: asyncio.Task[None] | None = None
         if whole:
             out += (chunk(whole) + LAST_CHUNK) if head.chunked else whole
         elif whole is not None and head.chunked:
             out += LAST_CHUNK
-        writer.write(out)
-        if whole is None:
-            sender = asyncio.get_running_loop().create_task(self._send_body(http, ex, conn, head.chunked))
-
-        rr = ResponseReader()
-        reader = conn.reader
+        loop = self.server.loop
+        relay = ResponseRelay(tunnel, ex, conn, replayable=whole is not None, loop=loop)
+        conn.protocol.sink = relay
+        sender: asyncio.Task[None] | None = None
+        timer = loop.call_later(limits.upstream_response_timeout, relay.timeout)
         try:
-            try:
-                async with asyncio.timeout(limits.upstream_response_timeout):
-                    while not rr.headers_done:
-                        data = await reader.read(READ_SIZE)
-                        if not data:
-                            if conn.reused and not rr.status and sender is None:
-                                raise _StaleConnection
-                            raise UpstreamProtocolError("upstream closed before responding")
-                        self._feed(rr, data)
-                        if rr.complete and 100 <= rr.status < 200:
-                            self._interim(tunnel, rr)
-                            rr = ResponseReader()
-            except TimeoutError:
-                raise UpstreamTimeout("upstream response timeout") from None
-            except (ConnectionResetError, BrokenPipeError):
-                if conn.reused and sender is None:
-                    raise _StaleConnection from None
-                raise UpstreamProtocolError("upstream reset the connection") from None
-
-            if self.server.draining:
-                ex.close_after = True  # tell the client this connection ends with this response
-            framing = downstream_response_head(
-                rr.status, rr.reason, rr.headers, request_method=head.method, keep_alive=not ex.close_after
-            )
-            ex.status = rr.status
-            ex.response_started = True
-            pending = [framing.head]
-            close_delimited = framing.chunked and not any(n == b"transfer-encoding" for n, _ in rr.headers)
-            while True:
-                if rr.body:
-                    for piece in rr.body:
-                        ex.response_bytes += len(piece)
-                        pending.append(chunk(piece) if framing.chunked else piece)
-                    rr.body.clear()
-                if rr.complete or not framing.has_body:
-                    if framing.chunked:
-                        pending.append(LAST_CHUNK)
-                    tunnel.send_plain(b"".join(pending))
-                    break
-                tunnel.send_plain(b"".join(pending))
-                pending = []
-                await tunnel.drain()
-                try:
-                    data = await reader.read(READ_SIZE)
-                except (ConnectionResetError, BrokenPipeError):
-                    data = b""
-                if not data:
-                    if close_delimited:
-                        rr.complete = True
-                        rr.keep_alive = False
-                        continue
-                    raise _Truncated
-                self._feed(rr, data)
+            if conn.protocol.lost:
+                relay.upstream_lost(None)
+            else:
+                conn.write(out)
+                if whole is None:
+                    sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
+            reusable = await relay.done
         finally:
+            timer.cancel()
+            conn.protocol.sink = None
+            if not relay.done.done():
+                relay.done.cancel()
             if sender is not None and not sender.done():
                 sender.cancel()
         body_sent = sender is None or (
             sender.done() and not sender.cancelled() and sender.exception() is None
         )
-        return body_sent and rr.complete and rr.keep_alive and head.method != "HEAD" and not reader.at_eof()
-
-    @staticmethod
-    def _feed(rr: ResponseReader, data: bytes) -> None:
-        try:
-            rr.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise UpstreamProtocolError("upstream tried to switch protocols") from None
-        except httptools.HttpParserError as exc:
-            raise UpstreamProtocolError(f"invalid upstream response: {exc}") from None
-
-    @staticmethod
-    def _interim(tunnel: TunnelProtocol, rr: ResponseReader) -> None:
-        """Pass a 1xx interim response (100 Continue, 103 Early Hints) straight through."""
-        lines = [b"HTTP/1.1 %d " % rr.status + (rr.reason or b"Continue")]
-        lines += [n + b": " + v for n, v in rr.headers]
-        tunnel.send_plain(b"\r\n".join(lines) + b"\r\n\r\n")
+        return body_sent and reusable and conn.usable()
 
     async def _send_body(
         self, http: InnerHTTP, ex: Exchange, conn: UpstreamConnection, chunked: bool
     ) -> None:
-        writer = conn.writer
+        protocol = conn.protocol
         while True:
             piece = await ex.body.read()
             http.body_consumed()
             if piece is None:
                 if chunked:
-                    writer.write(LAST_CHUNK)
+                    conn.write(LAST_CHUNK)
                 break
-            writer.write(chunk(piece) if chunked else piece)
-            await writer.drain()
-        await writer.drain()
+            conn.write(chunk(piece) if chunked else piece)
+            await protocol.drain()
 
 
 async def _wait_finished(prev: Exchange) -> None:

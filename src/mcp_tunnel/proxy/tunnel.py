@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
@@ -70,6 +71,7 @@ class TunnelProtocol(asyncio.Protocol):
         self._sniffed = False
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._on_writable: list[Callable[[], object]] = []
         self._timer: asyncio.TimerHandle | None = None
         self.last_rx = 0.0
         self._ping_sent: float | None = None
@@ -77,11 +79,11 @@ class TunnelProtocol(asyncio.Protocol):
     # --- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports do not subclass asyncio.Transport, but they are one.
+        self.transport = t = cast(asyncio.Transport, transport)
+        peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        t.set_write_buffer_limits(high=HIGH_WATER)
         self.server.tunnel_opened(self)
         self._timer = self.server.loop.call_later(
             self.server.limits.handshake_timeout, self._handshake_timeout
@@ -109,6 +111,20 @@ class TunnelProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters.clear()
+        callbacks, self._on_writable = self._on_writable, []
+        for callback in callbacks:
+            callback()
+
+    @property
+    def writable(self) -> bool:
+        return not self._paused_writing
+
+    def when_writable(self, callback: Callable[[], object]) -> None:
+        """Run `callback` once the peer has taken enough of what we sent (now, if it has)."""
+        if self._paused_writing:
+            self._on_writable.append(callback)
+        else:
+            callback()
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.server.loop.time()

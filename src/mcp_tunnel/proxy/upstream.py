@@ -9,6 +9,7 @@ in the proxy opens a socket to an upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -76,20 +77,96 @@ def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+class ResponseSink(Protocol):
+    """Receives one response's bytes; the forwarder attaches one per exchange."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Moves bytes for one upstream connection, straight into the attached sink.
+
+    No stream reader in between: each chunk the upstream sends is parsed and relayed to the
+    tunnel inside this callback, with no task wake-up per chunk.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.lost = False
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # bytes on an idle keep-alive connection: it cannot be reused
+            self.lost = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        sink.feed(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake(exc or ConnectionResetError("upstream connection closed"))
+        if self.sink is not None:
+            self.sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake(None)
+
+    async def drain(self) -> None:
+        """Wait while the upstream is not taking the request body fast enough."""
+        if self.lost:
+            raise ConnectionResetError("upstream connection closed")
+        if not self._paused:
+            return
+        self._drain = asyncio.get_running_loop().create_future()
+        await self._drain
+
+    def _wake(self, exc: Exception | None) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+
 @dataclass(eq=False, slots=True)
 class UpstreamConnection:
     route: Route
     address: str
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
+    protocol: UpstreamProtocol
     idle_since: float = field(default=0.0)
     reused: bool = False
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        return not self.protocol.lost and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
 
     def close(self) -> None:
-        self.writer.close()
+        self.protocol.sink = None
+        self.transport.close()
 
 
 class Connector:
@@ -188,10 +265,12 @@ class Connector:
         if tls and self.ssl_context is None:
             raise UpstreamTLSError("https upstream without upstream.tls trust anchors")
         last_error: Exception | None = None
+        loop = asyncio.get_running_loop()
         for address in allowed:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        UpstreamProtocol,
                         address,
                         route.port,
                         ssl=self.ssl_context if tls else None,
@@ -213,10 +292,7 @@ class Connector:
                     upstream=route.upstream,
                 )
                 continue
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return UpstreamConnection(route, address, reader, writer)
+            return UpstreamConnection(route, address, transport, protocol)
         if isinstance(last_error, UpstreamTimeout):
             raise last_error
         raise UpstreamConnectError(f"cannot connect to {route.upstream}: {last_error}")
