@@ -100,14 +100,31 @@ class ProxyServer:
             if self.watcher.poll():
                 self.metrics.certificate_loaded(self.watcher.not_after)
 
-    async def _keepalive(self) -> None:
-        """Ping tunnels that have been quiet; close those whose peer stopped answering."""
+    def sweep_interval(self) -> float:
+        """How often deadlines are checked: 1/8 of the shortest timeout, between 20 ms and 1 s."""
+        lim = self.limits
+        shortest = min(lim.handshake_timeout, lim.header_timeout, lim.idle_timeout, lim.ws_ping_interval)
+        return max(0.02, min(1.0, shortest / 8))
+
+    async def _sweep(self) -> None:
+        """Fire expired connection deadlines; ping quiet tunnels, drop those that stopped answering.
+
+        One periodic pass instead of a timer per connection: per-request deadline changes are
+        then a float store, and a timeout fires at most one sweep interval late.
+        """
+        next_ping = self.loop.time() + self.limits.ws_ping_interval
         while True:
-            interval = self.limits.ws_ping_interval
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.sweep_interval())
             now = self.loop.time()
             for tunnel in list(self.tunnels):
-                tunnel.keepalive(now, interval, self.limits.ws_ping_timeout)
+                deadline = tunnel.deadline
+                if deadline and deadline <= now:
+                    tunnel.fire_deadline()
+            if now >= next_ping:
+                interval = self.limits.ws_ping_interval
+                for tunnel in list(self.tunnels):
+                    tunnel.keepalive(now, interval, self.limits.ws_ping_timeout)
+                next_ping = now + interval
 
     # --- listener -----------------------------------------------------------------------
 
@@ -133,7 +150,7 @@ class ProxyServer:
         self.log.info("listening", addr=self.address)
         self._tasks = [
             self.loop.create_task(self._poll_certificates()),
-            self.loop.create_task(self._keepalive()),
+            self.loop.create_task(self._sweep()),
         ]
         for route in cfg.routes.values():
             self.log.info(

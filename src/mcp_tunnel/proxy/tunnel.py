@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
 MAX_OUT_MESSAGE = 64 * 1024
+CLOSE_WAIT_SECONDS = 5.0  # how long a closing tunnel waits for the peer's close frame
 HIGH_WATER = 256 * 1024
 
 NOT_A_TUNNEL = (
@@ -72,7 +73,10 @@ class TunnelProtocol(asyncio.Protocol):
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._on_writable: list[Callable[[], object]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        # One deadline per connection (handshake, header read, idle, close), checked by the
+        # server's periodic sweep: re-arming it per request is one float store, not a timer.
+        self.deadline = 0.0
+        self._deadline_cb: Callable[[], object] | None = None
         self.last_rx = 0.0
         self._ping_sent: float | None = None
 
@@ -85,9 +89,7 @@ class TunnelProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
         t.set_write_buffer_limits(high=HIGH_WATER)
         self.server.tunnel_opened(self)
-        self._timer = self.server.loop.call_later(
-            self.server.limits.handshake_timeout, self._handshake_timeout
-        )
+        self.set_timer(self.server.limits.handshake_timeout, self._handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -335,12 +337,11 @@ class TunnelProtocol(asyncio.Protocol):
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
         self._flush_ws()
-        self._cancel_timer()
         # The peer should answer our close; do not wait for it forever.
-        self._timer = self.server.loop.call_later(5.0, self._abort_transport)
+        self.deadline = self.server.loop.time() + CLOSE_WAIT_SECONDS
+        self._deadline_cb = self._abort_transport
 
     def _handshake_timeout(self) -> None:
-        self._timer = None
         self._handshake_over = True
         self.server.handshake_refused(self, "timeout")
         stage = "websocket upgrade" if self.tls is None else "tls"
@@ -357,16 +358,22 @@ class TunnelProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def set_timer(self, delay: float, callback: object) -> None:
-        """One timer per connection (idle or header-read), replaced as the state moves on."""
+    def set_timer(self, delay: float, callback: Callable[[], object]) -> None:
+        """Replace the connection's deadline (idle or header-read) as its state moves on."""
         if self.closing:
-            return  # the close timer stays: a closing connection must not wait on idle again
-        self._cancel_timer()
+            return  # the close deadline stays: a closing connection must not wait on idle again
         if delay > 0:
-            self._timer = self.server.loop.call_later(delay, callback)  # type: ignore[arg-type]
+            self.deadline = self.server.loop.time() + delay
+            self._deadline_cb = callback
+        else:
+            self.deadline = 0.0
+
+    def fire_deadline(self) -> None:
+        """Called by the server's sweep once `deadline` has passed."""
+        callback, self.deadline = self._deadline_cb, 0.0
+        if callback is not None:
+            callback()
 
     cancel_timer = _cancel_timer
