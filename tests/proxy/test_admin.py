@@ -103,7 +103,7 @@ async def test_readyz_503_once_the_certificate_has_expired(tmp: Path, upstream: 
     )  # type: ignore[arg-type]
     write_atomic(pki.key_file, pem_key(key), 0o600)
     write_atomic(pki.cert_file, pem_cert(cert), 0o644)
-    stack = start_stack(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    stack = start_stack(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"}, ready_path="/healthz")
     with stack.proc:
         _, _, body = await poll(lambda: _not_ready(stack.admin_port), what="503 from /readyz")
         expiry = cert.not_valid_after_utc

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +101,9 @@ class Stack:
         return "\n".join(self.proc.lines)
 
 
-def start_stack(tmp: Path, pki: PKI, routes: Mapping[str, str], **extra: Any) -> Stack:
+def start_stack(
+    tmp: Path, pki: PKI, routes: Mapping[str, str], *, ready_path: str = "/readyz", **extra: Any
+) -> Stack:
     """Write a config (listen and admin on free loopback ports), start the proxy, wait for it.
 
     `extra` stays the base of `Stack.rewrite`, so a rewrite changes only what it names.
@@ -111,11 +115,28 @@ def start_stack(tmp: Path, pki: PKI, routes: Mapping[str, str], **extra: Any) ->
     proc = ProxyProcess(["-config", str(path)])
     stack = Stack(proc, pki, tmp, port, admin_port, path, dict(extra))
     try:
-        proc.wait_for("msg=listening")
+        _wait_ready(stack, ready_path)
     except BaseException:
         proc.__exit__()
         raise
     return stack
+
+
+def _wait_ready(stack: Stack, path: str, timeout: float = 15.0) -> None:
+    """Poll an admin page (works at any log level and format) until 200, or fail with the log."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{stack.admin_port}{path}"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or stack.proc.proc.poll() is not None:
+            raise AssertionError("the proxy did not become ready:\n" + stack.log())
+        with stack.proc._cond:
+            stack.proc._cond.wait(0.02)
 
 
 async def http_get(host: str, port: int, path: str, *, method: str = "GET") -> tuple[int, str, str]:
