@@ -132,7 +132,11 @@ def buffered_stderr() -> TextIO:
     write system call per log line; this wrapper shares file descriptor 2 and is flushed by the
     Logger (and at exit).
     """
-    raw = io.FileIO(sys.stderr.fileno(), "w", closefd=False)
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stderr (tests, embedding)
+        return sys.stderr
+    raw = io.FileIO(fd, "w", closefd=False)
     stream = io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8", errors="backslashreplace")
     atexit.register(_quiet_flush, stream)
     return stream
