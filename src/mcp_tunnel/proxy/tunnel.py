@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from mcp_tunnel.proxy.http_server import InnerHTTP
@@ -53,8 +53,44 @@ def session_sni(obj: ssl.SSLObject) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _forget_handshake(ws: ServerProtocol) -> None:
+    """Let the handshake request go: about 2 KB on every idle tunnel.
+
+    websockets' server parser is a generator whose frame keeps the parsed upgrade Request alive
+    for the whole connection. Right after the 101 it is waiting at a frame boundary (a client
+    may not send frames before the 101), so a fresh frame parser over the same buffer can take
+    over. If bytes are already buffered we leave it alone.
+    """
+    if not ws.reader.buffer:
+        ws.parser = Protocol.parse(ws)
+        next(ws.parser)
+
+
 class TunnelProtocol(asyncio.Protocol):
     """The proxy end of one WebSocket from cloudflared."""
+
+    __slots__ = (
+        "_deadline_cb",
+        "_drain_waiters",
+        "_handshake_over",
+        "_on_writable",
+        "_paused_writing",
+        "_ping_sent",
+        "_sniffed",
+        "_text_message",
+        "admitted",
+        "closing",
+        "deadline",
+        "http",
+        "last_rx",
+        "peer",
+        "server",
+        "sni",
+        "sni_host",
+        "tls",
+        "transport",
+        "ws",
+    )
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -181,6 +217,7 @@ class TunnelProtocol(asyncio.Protocol):
             self.server.handshake_refused(self, "websocket")
             self.server.log.info("websocket handshake refused", peer=self.peer, status=response.status_code)
             return
+        _forget_handshake(ws)
         self.tls = TLSSession(self.server.tls_context(), server_side=True)
         self.http = InnerHTTP(self.server, self)
         self.server.tunnel_admitted(self)
