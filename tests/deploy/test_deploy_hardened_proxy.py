@@ -193,6 +193,7 @@ def sandbox() -> Iterator[Sandbox]:
         config = base / "config.yaml"
         config.write_text(
             f'listen_addr: "127.0.0.1:{listen_port}"\n'
+            f'admin_addr: "127.0.0.1:{free_port()}"\n'
             "log_level: info\n"
             "shutdown_timeout: 5s\n"
             f"tunnel_domain: {DOMAIN}\n"
@@ -322,6 +323,7 @@ def test_proxy_runs_hardened_and_serves_the_tunnel(sandbox: Sandbox) -> None:
         )  # fmt: skip
         assert health.returncode == 0, health.stdout + health.stderr
         assert health.stdout.startswith("healthy: ")
+        assert "/readyz" in health.stdout  # judged by the admin endpoint, not a bare TCP connect
     finally:
         rc = running.stop()
     # `docker stop` sends SIGTERM: the proxy drains and exits 0.
