@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from mcp_tunnel.certs.generate import parse_certs
 from mcp_tunnel.errors import CertificateError
 
 CA_PEM_MAX_BYTES = 8192
@@ -117,17 +118,6 @@ def _ext(cert: x509.Certificate, cls: type[_E]) -> x509.Extension[_E] | None:
         return None
 
 
-def _parse_first(data: bytes) -> x509.Certificate:
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise CertificateError(str(exc).splitlines()[0] if str(exc) else "not a certificate") from None
-    return certs[0]
-
-
 # -- the checklist ---------------------------------------------------------------------------
 
 
@@ -180,13 +170,13 @@ def check_pair(
 
     ca: x509.Certificate | None
     try:
-        ca = _parse_first(ca_pem)
+        ca = parse_certs(ca_pem, "CA certificate")[0]
     except CertificateError as exc:
         ca = None
         r.add("ca.parse", "CA certificate parses", False, str(exc))
     server: x509.Certificate | None
     try:
-        server = _parse_first(cert_pem)
+        server = parse_certs(cert_pem, "server certificate")[0]
     except CertificateError as exc:
         server = None
         r.add("server.parse", "server certificate parses", False, str(exc))

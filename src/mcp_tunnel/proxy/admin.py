@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from mcp_tunnel.proxy.listeners import bound_address, bound_port
+
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
 
@@ -44,15 +46,11 @@ class AdminServer:
 
     @property
     def address(self) -> str:
-        if self._server is None or not self._server.sockets:
-            return "-"
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return bound_address(self._server)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return bound_port(self._server)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -14,6 +14,7 @@ from mcp_tunnel.config import Config
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.proxy.forward import Forwarder
+from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
 from mcp_tunnel.proxy.upstream import Connector, Resolver
@@ -164,15 +165,11 @@ class ProxyServer:
 
     @property
     def address(self) -> str:
-        if self._server is None or not self._server.sockets:
-            return "-"
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return bound_address(self._server)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return bound_port(self._server)
 
     def _busy(self) -> list[TunnelProtocol]:
         return [t for t in self.tunnels if t.http is not None and t.http.exchanges]
