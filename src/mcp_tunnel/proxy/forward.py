@@ -204,7 +204,8 @@ class ResponseRelay:
             self._fail(UpstreamTimeout("upstream response timeout"))
 
     def _fail(self, exc: Exception) -> None:
-        self.out.clear() if self.framing is None else None
+        if self.framing is None:
+            self.out.clear()  # nothing of this response reaches the client: it gets our answer
         if not self.done.done():
             self.done.set_exception(exc)
 
