@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -102,3 +103,21 @@ async def test_demo_serves_connect_until_ctrl_c() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_demo_failure_exits_non_zero_and_cleans_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step that fails (here the MCP session: the server refuses every Host) leaves nothing."""
+    import mcp_tunnel.demo as demo
+    import mcp_tunnel.sample_server as sample
+
+    real = sample.build_app
+    monkeypatch.setattr(sample, "build_app", lambda **kw: real(allowed_hosts=["nobody.example"]))
+    assert demo.main(["--once"]) == 1
+    out = capsys.readouterr().out
+    assert "demo failed:" in out and "FAILED" in out
+    workdir = re.search(r"files in (\S+)\)", out)
+    assert workdir is not None and not Path(workdir.group(1)).exists()
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", out)]
+    assert ports and not any(_port_open(p) for p in ports)
