@@ -12,72 +12,21 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
-from mcp_tunnel.certs.files import write_atomic
-from mcp_tunnel.certs.generate import generate_ca, issue_server_cert, pem_cert, pem_key
 from mcp_tunnel.doctor import Options, Report, diagnose
 from mcp_tunnel.doctor.probes import Probes
 from mcp_tunnel.proxy.upstream import Resolver
-from support.pki import PKI
+from support.pki import PKI, make_pki
 
 DOMAIN = "tunnel.test"
 BIN = Path(sys.executable).parent
 
 
 def make_pair(directory: Path, domain: str = DOMAIN, *, expired: bool = False) -> PKI:
-    """ca.crt/ca.key/tls.crt/tls.key in `directory`, the key 0644 so the proxy's uid can read it."""
-    ca_cert, ca_key = generate_ca()
-    cert, key = issue_server_cert(ca_cert, ca_key, domain, duration=timedelta(days=30), key_type="ecdsa-p256")
-    if expired:
-        cert = _backdate(cert, ca_key)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / "ca.crt", pem_cert(ca_cert), 0o644)
-    write_atomic(directory / "ca.key", pem_key(ca_key), 0o600)
-    write_atomic(directory / "tls.crt", pem_cert(cert), 0o644)
-    write_atomic(directory / "tls.key", pem_key(key), 0o644)
-    return PKI(domain, directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
-
-
-def _backdate(cert: x509.Certificate, ca_key: Any) -> x509.Certificate:
-    """The same certificate, re-signed with a validity that ended yesterday."""
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(cert.subject)
-        .issuer_name(cert.issuer)
-        .public_key(cert.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=91))
-        .not_valid_after(now - timedelta(days=1))
-    )
-    for ext in cert.extensions:
-        builder = builder.add_extension(ext.value, critical=ext.critical)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def write_config(tmp: Path, pki: PKI, routes: Any, **extra: Any) -> Path:
-    doc: dict[str, Any] = {
-        "listen_addr": "127.0.0.1:8080",
-        "tunnel_domain": pki.domain,
-        "tls": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
-        "routes": routes,
-        "upstream": {"allowed_ips": ["127.0.0.0/8"]},
-    }
-    for key, value in extra.items():
-        if value is None:
-            doc.pop(key, None)
-        else:
-            doc[key] = value
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    """The shared PKI with the key 0644, so the proxy's uid can read it."""
+    return make_pki(directory, domain, key_mode=0o644, expired=expired)
 
 
 def tunnel_token(**overrides: Any) -> str:

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from doctor_support import doctor, failed_steps, make_pair, statuses, write_config
+from doctor_support import doctor, failed_steps, make_pair, statuses
 
 from mcp_tunnel.doctor.model import STEPS, Status
 from mcp_tunnel.doctor.tls import Access, FileStat, access, judge_readable
-from support.proxy import start_proxy
+from support.proxy import start_proxy, write_config
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -45,7 +45,7 @@ async def test_upstream_with_a_path_gets_the_official_fix(open_dir: Path) -> Non
     ("upstream", "needle"),
     [
         ({"allowed_ips": ["0.0.0.0/0"]}, "allows every address"),
-        ({"disable_ip_validation": True}, "disable_ip_validation is true"),
+        ({"allowed_ips": None, "disable_ip_validation": True}, "disable_ip_validation is true"),
         ({"allowed_ips": ["127.0.0.0/8"]}, "allows loopback"),
         ({"allowed_ips": ["169.254.0.0/16"]}, "cloud metadata"),
     ],

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from doctor_support import Guard, doctor, make_pair, run_doctor_cli, tunnel_token, write_config
+from doctor_support import Guard, doctor, make_pair, run_doctor_cli, tunnel_token
 
 from mcp_tunnel.doctor.model import STEPS
 from support.mcp_server import running_mcp_server
-from support.proxy import start_proxy
+from support.proxy import start_proxy, write_config
 
 COMPOSE = {
     "services": {

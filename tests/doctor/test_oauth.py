@@ -132,7 +132,7 @@ async def test_resource_off_the_tunnel_fails(open_dir: Path) -> None:
 
 
 async def test_oauth_without_proxy_is_skipped(open_dir: Path, up_url: str) -> None:
-    from doctor_support import write_config
+    from support.proxy import write_config
 
     pki = make_pair(open_dir / "data", DOMAIN)
     report, _ = await doctor(write_config(open_dir, pki, {"mcp": up_url}))

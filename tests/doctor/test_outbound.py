@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from doctor_support import doctor, make_pair, statuses, tunnel_token, write_config
+from doctor_support import doctor, make_pair, statuses, tunnel_token
 
 from mcp_tunnel.doctor.model import Status
 from mcp_tunnel.doctor.outbound import ComposeFacts, judge_compose, judge_token
 from support.procs import free_port
+from support.proxy import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

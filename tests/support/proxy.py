@@ -46,18 +46,20 @@ class RunningProxy:
         await self.server.stop(1.0)
 
 
-def write_config(tmp: Path, pki: PKI, routes: Mapping[str, str], **extra: Any) -> Path:
+def write_config(tmp: Path, pki: PKI, routes: Mapping[str, str] | Any, **extra: Any) -> Path:
+    """A config file for `pki`; extra keys merge into sections, None removes a key (at either level)."""
     doc: dict[str, Any] = {
         "listen_addr": "127.0.0.1:8080",
         "log_level": "debug",
         "tunnel_domain": pki.domain,
         "tls": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
-        "routes": dict(routes),
+        "routes": dict(routes) if isinstance(routes, Mapping) else routes,
         "upstream": {"allowed_ips": ["127.0.0.0/8"]},
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):
             doc[key].update(value)
+            doc[key] = {k: v for k, v in doc[key].items() if v is not None}
         elif value is None:
             doc.pop(key, None)
         else:
