@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from mcp_tunnel.ippolicy import RFC1918, IPPolicy, narrowest_cover
+from mcp_tunnel.ippolicy import RFC1918, IPPolicy
 
 
 def test_default_is_the_three_rfc1918_ranges() -> None:
@@ -112,9 +112,3 @@ def test_partition_keeps_resolver_order() -> None:
     allowed, refused = IPPolicy().partition(["8.8.8.8", "10.0.0.2", "127.0.0.1", "10.0.0.1", "::1"])
     assert allowed == ["10.0.0.2", "10.0.0.1"]
     assert refused == ["8.8.8.8", "127.0.0.1", "::1"]
-
-
-def test_narrowest_cover() -> None:
-    assert narrowest_cover("100.64.12.7") == IPv4Network("100.64.12.0/24")
-    assert narrowest_cover(IPv4Address("127.0.0.1"), 8) == IPv4Network("127.0.0.0/8")
-    assert narrowest_cover("8.8.8.8", 32) == IPv4Network("8.8.8.8/32")

@@ -6,8 +6,7 @@ Membership is tested against the configured networks only, never with
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -49,6 +48,11 @@ def _parse(text: str) -> IPv4Address | None:
         return None
 
 
-def narrowest_cover(address: IPv4Address | str, prefix: int = 24) -> IPv4Network:
-    """The network of the given prefix length around an address, for "add this CIDR" advice."""
-    return ipaddress.ip_network(f"{address}/{prefix}", strict=False)  # type: ignore[return-value]
+def covering_network(addresses: Sequence[str]) -> IPv4Network:
+    """The narrowest network containing every address (a /32 for one): "add this CIDR" advice."""
+    addrs = [IPv4Address(a) for a in addresses]
+    for prefix in range(32, -1, -1):
+        net = IPv4Network(f"{addrs[0]}/{prefix}", strict=False)
+        if all(a in net for a in addrs):
+            return net
+    return IPv4Network("0.0.0.0/0")

@@ -8,7 +8,7 @@ import pytest
 from doctor_support import Guard, doctor, failed_steps, make_pair, statuses
 
 from mcp_tunnel.doctor.model import Status
-from mcp_tunnel.doctor.routing import covering_network
+from mcp_tunnel.ippolicy import covering_network
 from support.procs import free_port
 from support.proxy import start_proxy, write_config
 from support.upstreams import RecordingUpstream, ScriptedResolver

@@ -12,7 +12,6 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httptools
 from websockets.asyncio.client import ClientConnection, connect
@@ -118,10 +117,6 @@ class TunnelConnection:
     @property
     def alpn(self) -> str | None:
         return self.tls.ssl_object.selected_alpn_protocol()
-
-    @property
-    def peer_certificate(self) -> dict[str, Any] | None:
-        return self.tls.ssl_object.getpeercert()
 
     def peer_certificate_der(self) -> bytes | None:
         return self.tls.ssl_object.getpeercert(binary_form=True)

@@ -8,35 +8,22 @@ policy allows: it never opens a connection the proxy would refuse. With `--path`
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from mcp_tunnel import __version__
 from mcp_tunnel.config import Config
 from mcp_tunnel.doctor.context import Context
 from mcp_tunnel.doctor.model import Check, Status, fail, ok, skip, warn
 from mcp_tunnel.doctor.probes import ConnectResult, HttpResult
-from mcp_tunnel.ippolicy import IPPolicy
+from mcp_tunnel.ippolicy import IPPolicy, covering_network
 from mcp_tunnel.proxy.upstream import upstream_ssl_context
 from mcp_tunnel.routing import Route
 
 MCP_PROTOCOL_VERSION = "2025-06-18"
 RESTART = "then restart the proxy (docker compose restart mcp-proxy, or helm upgrade)"
-
-
-def covering_network(addresses: Sequence[str]) -> IPv4Network:
-    """The narrowest network containing every address: a /32 for one address."""
-    addrs = [IPv4Address(a) for a in addresses]
-    for prefix in range(32, -1, -1):
-        net = ipaddress.ip_network(f"{addrs[0]}/{prefix}", strict=False)
-        assert isinstance(net, IPv4Network)
-        if all(a in net for a in addrs):
-            return net
-    return IPv4Network("0.0.0.0/0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,7 @@ class TunnelProtocol(asyncio.Protocol):
         self.set_timer(self.server.limits.handshake_timeout, self._handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self.cancel_timer()
         if self.tls is not None and not self._handshake_over and not self.closing:
             self._handshake_over = True
             self.server.handshake_refused(self, "unexpected_eof")
@@ -274,7 +274,7 @@ class TunnelProtocol(asyncio.Protocol):
             self._close_ws(CloseCode.PROTOCOL_ERROR, "tls error")
             return
         if handshaking and tls.handshake_done:
-            self._cancel_timer()
+            self.cancel_timer()
             self._handshake_over = True
             self.sni = sni = session_sni(tls.ssl_object)
             self.sni_host = normalize_host(sni) if sni else None
@@ -387,14 +387,14 @@ class TunnelProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the socket now (the drain deadline passed, or the peer is gone)."""
-        self._cancel_timer()
+        self.cancel_timer()
         self._abort_transport()
 
     def _abort_transport(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
-    def _cancel_timer(self) -> None:
+    def cancel_timer(self) -> None:
         self.deadline = 0.0
 
     def set_timer(self, delay: float, callback: Callable[[], object]) -> None:
@@ -412,5 +412,3 @@ class TunnelProtocol(asyncio.Protocol):
         callback, self.deadline = self._deadline_cb, 0.0
         if callback is not None:
             callback()
-
-    cancel_timer = _cancel_timer
