@@ -171,6 +171,7 @@ class ResponseFraming:
     head: bytes
     chunked: bool  # re-chunk the body (upstream sent chunked or close-delimited)
     has_body: bool
+    close_delimited: bool  # the upstream's body ends when it closes the connection
 
 
 def downstream_response_head(
@@ -196,7 +197,8 @@ def downstream_response_head(
         lines.append(b"Transfer-Encoding: chunked")
     if not keep_alive:
         lines.append(b"Connection: close")
-    return ResponseFraming(b"\r\n".join(lines) + b"\r\n\r\n", chunked, has_body)
+    close_delimited = chunked and not is_chunked_upstream
+    return ResponseFraming(b"\r\n".join(lines) + b"\r\n\r\n", chunked, has_body, close_delimited)
 
 
 def _phrase(status: int) -> bytes:

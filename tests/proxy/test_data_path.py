@@ -324,3 +324,24 @@ async def test_graceful_close_sends_close_notify_then_1000(
     assert conn.tls.closed_by_peer
     assert conn.ws.close_code == 1000
     await proxy.stop()
+
+
+async def test_close_delimited_upstream_body_arrives_whole(tmp: Path, pki: PKI) -> None:
+    """No Content-Length, no chunking: the body ends when the upstream closes; the client gets it
+    re-chunked and complete, and the tunnel stays usable."""
+
+    async def close_delimited(req: Received, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    up = await RecordingUpstream(handler=close_delimited).start()
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{up.port}"})
+    conn = await proxy.client().connect(pki.host("echo"))
+    for _ in range(2):
+        resp = await conn.request("GET", "/", host=pki.host("echo"))
+        assert resp.header("transfer-encoding") == "chunked"
+        assert await resp.read() == b"all of it"
+    await conn.close()
+    await proxy.stop()
+    await up.close()

@@ -54,7 +54,6 @@ class ResponseRelay:
     """
 
     __slots__ = (
-        "close_delimited",
         "complete",
         "conn",
         "done",
@@ -95,7 +94,6 @@ class ResponseRelay:
         self.interim = False
         self.keep_alive = False
         self.complete = False
-        self.close_delimited = False
         self.received = False
         self.out: list[bytes] = []
 
@@ -128,7 +126,6 @@ class ResponseRelay:
         ex.status = status
         ex.response_started = True
         self.out.append(framing.head)
-        self.close_delimited = framing.chunked and not any(n == b"transfer-encoding" for n, _ in self.headers)
         if not framing.has_body:
             self._complete()
 
@@ -192,7 +189,7 @@ class ResponseRelay:
                 self._fail(_StaleConnection())
             else:
                 self._fail(UpstreamProtocolError("upstream closed before responding"))
-        elif self.close_delimited:
+        elif self.framing.close_delimited:
             self.keep_alive = False
             self._complete()
             self._flush()
