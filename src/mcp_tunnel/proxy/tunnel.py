@@ -1,8 +1,9 @@
 """One tunnel connection: WebSocket framing, then the inner TLS session (SPEC §2).
 
-This layer only moves bytes: WebSocket frames (websockets' sans-I/O protocol) carry one TLS
-byte stream (`TLSSession`), whose plaintext goes to the inner HTTP/1.1 connection. Message
-boundaries mean nothing; binary payloads are fed to TLS as they arrive.
+This layer only moves bytes. websockets' sans-I/O `ServerProtocol` answers the opening
+handshake; after the 101 it is let go and `ws_frames` splits the stream into frames, which
+carry one TLS byte stream (`TLSSession`) whose plaintext goes to the inner HTTP/1.1
+connection. Message boundaries mean nothing; binary payloads are fed to TLS as they arrive.
 """
 
 from __future__ import annotations
@@ -12,14 +13,31 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from mcp_tunnel.proxy.http_server import InnerHTTP
 from mcp_tunnel.routing import normalize_host
 from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
+from mcp_tunnel.ws_frames import (
+    BINARY,
+    CLOSE,
+    CONT,
+    INTERNAL_ERROR,
+    NO_STATUS_RCVD,
+    NORMAL_CLOSURE,
+    PING,
+    PONG,
+    PROTOCOL_ERROR,
+    TEXT,
+    UNSUPPORTED_DATA,
+    Frame,
+    FrameError,
+    FrameParser,
+    close_payload,
+    frame_header,
+    parse_close,
+)
 
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
@@ -29,6 +47,10 @@ MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
 MAX_OUT_MESSAGE = 64 * 1024
 CLOSE_WAIT_SECONDS = 5.0  # how long a closing tunnel waits for the peer's close frame
 HIGH_WATER = 256 * 1024
+_HEAD_END = b"\r\n\r\n"
+
+# WebSocket states: before the 101, open, our close frame sent, closing handshake over.
+CONNECTING, OPEN, CLOSE_SENT, CLOSED = 0, 1, 2, 3
 
 NOT_A_TUNNEL = (
     "This listener expects a WebSocket carrying TLS (an MCP tunnel connection from cloudflared); "
@@ -53,19 +75,6 @@ def session_sni(obj: ssl.SSLObject) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _forget_handshake(ws: ServerProtocol) -> None:
-    """Let the handshake request go: about 2 KB on every idle tunnel.
-
-    websockets' server parser is a generator whose frame keeps the parsed upgrade Request alive
-    for the whole connection. Right after the 101 it is waiting at a frame boundary (a client
-    may not send frames before the 101), so a fresh frame parser over the same buffer can take
-    over. If bytes are already buffered we leave it alone.
-    """
-    if not ws.reader.buffer:
-        ws.parser = Protocol.parse(ws)
-        next(ws.parser)
-
-
 class TunnelProtocol(asyncio.Protocol):
     """The proxy end of one WebSocket from cloudflared."""
 
@@ -73,6 +82,7 @@ class TunnelProtocol(asyncio.Protocol):
         "_deadline_cb",
         "_drain_waiters",
         "_handshake_over",
+        "_head_tail",
         "_on_writable",
         "_paused_writing",
         "_ping_sent",
@@ -81,12 +91,14 @@ class TunnelProtocol(asyncio.Protocol):
         "admitted",
         "closing",
         "deadline",
+        "frames",
         "http",
         "last_rx",
         "peer",
         "server",
         "sni",
         "sni_host",
+        "state",
         "tls",
         "transport",
         "ws",
@@ -95,7 +107,11 @@ class TunnelProtocol(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.ws = ServerProtocol(extensions=None, subprotocols=None, max_size=MAX_MESSAGE)
+        # The handshake's parser, let go after the 101; then `frames` takes the stream.
+        self.ws: ServerProtocol | None = ServerProtocol(extensions=None, subprotocols=None)
+        self.frames: FrameParser | None = None
+        self.state = CONNECTING
+        self._head_tail = b""  # the last bytes seen before the upgrade head ended
         self.tls: TLSSession | None = None
         self.http: InnerHTTP | None = None
         self.peer = "-"
@@ -167,6 +183,32 @@ class TunnelProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.server.loop.time()
         self._ping_sent = None  # anything from the peer shows it is alive
+        frames = self.frames
+        if frames is None:
+            self._handshake_data(data)
+            return
+        try:
+            received = frames.feed(data)
+        except FrameError as exc:
+            self._frame_error(exc)
+            return
+        for frame in received:
+            self._frame(frame)
+
+    def eof_received(self) -> bool | None:
+        ws = self.ws
+        if ws is not None:
+            ws.receive_eof()
+            self._flush_handshake()
+        return None  # the transport closes; connection_lost aborts what is in flight
+
+    # --- the WebSocket upgrade ---------------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        """Feed websockets the upgrade request, and nothing past its end."""
+        ws = self.ws
+        if ws is None:
+            return
         if not self._sniffed:
             self._sniffed = True
             if data[:1] == b"\x16":
@@ -179,28 +221,45 @@ class TunnelProtocol(asyncio.Protocol):
                 )
                 self._abort_transport()
                 return
-        ws = self.ws
+        window = self._head_tail + data
+        end = window.find(_HEAD_END)
+        rest = b""
+        if end < 0:
+            self._head_tail = window[-3:]
+        else:
+            cut = end + len(_HEAD_END) - len(self._head_tail)
+            data, rest = data[:cut], data[cut:]
+            self._head_tail = b""
         ws.receive_data(data)
         for event in ws.events_received():
-            if isinstance(event, Frame):
-                self._frame(event)
-            elif isinstance(event, Request):
+            if isinstance(event, Request):
                 self._upgrade(event)
-        if ws.state is State.CONNECTING and ws.handshake_exc is not None:
+        if self.state == CONNECTING and ws.handshake_exc is not None:
             # websockets could not parse a request at all (another method, HTTP/1.0, garbage).
             self._plain_http_answer()
             return
-        self._flush_ws()
+        self._flush_handshake()
+        if self.state == OPEN:
+            self.ws = None  # ~1 KB per idle tunnel: frames need none of it
+            if rest:  # a client that did not wait for the 101
+                self.data_received(rest)
 
-    def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush_ws()
-        return None
-
-    # --- the WebSocket upgrade ---------------------------------------------------------
+    def _flush_handshake(self) -> None:
+        ws, transport = self.ws, self.transport
+        if ws is None or transport is None:
+            return
+        chunks = ws.data_to_send()
+        eof = bool(chunks) and chunks[-1] == b""
+        if eof:
+            chunks = chunks[:-1]
+        if chunks and not transport.is_closing():
+            transport.writelines(chunks)
+        if eof or ws.close_expected():
+            transport.close()
 
     def _upgrade(self, request: Request) -> None:
         ws = self.ws
+        assert ws is not None
         if request.headers.get("Upgrade", "").lower() != "websocket":
             self._send_ws_response(ws.reject(400, NOT_A_TUNNEL))
             self.server.handshake_refused(self, "not_websocket")
@@ -217,15 +276,17 @@ class TunnelProtocol(asyncio.Protocol):
             self.server.handshake_refused(self, "websocket")
             self.server.log.info("websocket handshake refused", peer=self.peer, status=response.status_code)
             return
-        _forget_handshake(ws)
+        self.state = OPEN
+        self.frames = FrameParser(masked=True, max_message=MAX_MESSAGE)
         self.tls = TLSSession(self.server.tls_context(), server_side=True)
         self.http = InnerHTTP(self.server, self)
         self.server.tunnel_admitted(self)
         self.server.log.debug("tunnel connection opened", peer=self.peer)
 
     def _send_ws_response(self, response: object) -> None:
+        assert self.ws is not None
         self.ws.send_response(response)  # type: ignore[arg-type]
-        self._flush_ws()
+        self._flush_handshake()
 
     def _plain_http_answer(self) -> None:
         body = NOT_A_TUNNEL.encode()
@@ -241,18 +302,49 @@ class TunnelProtocol(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
-        if opcode is Opcode.BINARY or (opcode is Opcode.CONT and not self._text_message):
-            self._ciphertext(bytes(frame.data))
-        elif opcode is Opcode.TEXT or opcode is Opcode.CONT:
+        if opcode == BINARY or (opcode == CONT and not self._text_message):
+            self._ciphertext(frame.payload)
+        elif opcode in (TEXT, CONT):
             self._text_message = not frame.fin
-            if self.ws.state is State.OPEN:
+            if self.state == OPEN:
                 self.server.log.info("text message on tunnel, closing", peer=self.peer)
-                self.ws.send_close(CloseCode.UNSUPPORTED_DATA, "binary messages only")
                 if self.http is not None:
                     self.http.abort("text message on tunnel")
-        elif opcode is Opcode.CLOSE and self.http is not None and not (self.tls and self.tls.closed_by_peer):
+                self._close_ws(UNSUPPORTED_DATA, "binary messages only")
+        elif opcode == PING:
+            if self.state == OPEN:
+                self._send_frame(PONG, frame.payload)
+        elif opcode == CLOSE:
+            self._peer_close(frame.payload)
+
+    def _peer_close(self, payload: bytes) -> None:
+        """The peer's close frame: answer it (unless we closed first), then end the TCP side."""
+        try:
+            code, reason = parse_close(payload)
+        except FrameError as exc:
+            self._frame_error(exc)
+            return
+        if self.http is not None and not (self.tls and self.tls.closed_by_peer):
             # A WebSocket that closes without close_notify aborts what is in flight.
             self.http.abort("websocket closed without close_notify")
+        if self.state == OPEN:
+            self._send_frame(CLOSE, b"" if code == NO_STATUS_RCVD else close_payload(code, reason))
+        self.state = CLOSED
+        self.closing = True
+        self._close_transport()
+
+    def _frame_error(self, exc: FrameError) -> None:
+        """The peer broke the framing rules: close with the code that says which (1002, 1009)."""
+        self.server.log.info("websocket protocol error, closing", peer=self.peer, error=exc.reason)
+        if self.http is not None:
+            self.http.abort("websocket protocol error")
+        if self.state == OPEN:
+            self._send_frame(CLOSE, close_payload(exc.code, exc.reason))
+        self.state = CLOSED
+        self.closing = True
+        self.frames = None
+        self.ws = None
+        self._close_transport()
 
     def _ciphertext(self, data: bytes) -> None:
         tls, http = self.tls, self.http
@@ -265,13 +357,13 @@ class TunnelProtocol(asyncio.Protocol):
             self._handshake_over = True
             self.server.handshake_failed(self, exc.reason)
             self._flush_tls()  # the alert we generated reaches the peer
-            self._close_ws(CloseCode.NORMAL_CLOSURE, "tls handshake failed")
+            self._close_ws(NORMAL_CLOSURE, "tls handshake failed")
             return
         except Exception as exc:  # a corrupt record after the handshake
             self.server.log.info("tls stream error", peer=self.peer, error=str(exc))
             http.abort("tls stream error")
             self._flush_tls()
-            self._close_ws(CloseCode.PROTOCOL_ERROR, "tls error")
+            self._close_ws(PROTOCOL_ERROR, "tls error")
             return
         if handshaking and tls.handshake_done:
             self.cancel_timer()
@@ -297,36 +389,33 @@ class TunnelProtocol(asyncio.Protocol):
         self._flush_tls()
 
     def _flush_tls(self) -> None:
-        tls = self.tls
-        if tls is None:
+        tls, transport = self.tls, self.transport
+        if tls is None or transport is None:
             return
         out = tls.outgoing()
-        if out:
-            ws = self.ws
-            if ws.state is State.OPEN:
-                for i in range(0, len(out), MAX_OUT_MESSAGE):
-                    ws.send_binary(out[i : i + MAX_OUT_MESSAGE])
-        self._flush_ws()
+        if not out or self.state != OPEN or transport.is_closing():
+            return
+        if len(out) <= MAX_OUT_MESSAGE:
+            transport.write(frame_header(BINARY, len(out)) + out)
+            return
+        pieces: list[bytes] = []
+        for i in range(0, len(out), MAX_OUT_MESSAGE):
+            piece = out[i : i + MAX_OUT_MESSAGE]
+            pieces += (frame_header(BINARY, len(piece)), piece)
+        transport.writelines(pieces)
 
-    def _flush_ws(self) -> None:
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
         transport = self.transport
-        if transport is None:
-            return
-        chunks = self.ws.data_to_send()
-        if not chunks:
-            return
-        eof = False
-        if chunks[-1] == b"":
-            eof = True
-            chunks = chunks[:-1]
-        if chunks and not transport.is_closing():
-            transport.writelines(chunks)
-        if eof or self.ws.close_expected():
-            transport.close()
+        if transport is not None and not transport.is_closing():
+            transport.write(frame_header(opcode, len(payload)) + payload)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # after what is buffered has been written
 
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called periodically by the server: ping a quiet tunnel, drop one that never answers."""
-        if self.ws.state is not State.OPEN or self.closing:
+        if self.state != OPEN or self.closing:
             return
         if self._ping_sent is not None:
             if now - self._ping_sent >= timeout:
@@ -336,8 +425,7 @@ class TunnelProtocol(asyncio.Protocol):
                 self._abort_transport()
         elif now - self.last_rx >= interval:
             self._ping_sent = now
-            self.ws.send_ping(b"mcp-tunnel")
-            self._flush_ws()
+            self._send_frame(PING, b"mcp-tunnel")
 
     async def drain(self) -> None:
         """Wait until the peer has taken enough of what we sent (backpressure)."""
@@ -356,24 +444,23 @@ class TunnelProtocol(asyncio.Protocol):
         if self.tls is not None and self.tls.handshake_done:
             self.tls.close()
             self._flush_tls()
-        self._close_ws(CloseCode.NORMAL_CLOSURE, "")
+        self._close_ws(NORMAL_CLOSURE, "")
 
     def close_abruptly(self) -> None:
         """End the inner connection without close_notify so the client sees a truncation."""
-        self._close_ws(CloseCode.INTERNAL_ERROR, "upstream failed")
+        self._close_ws(INTERNAL_ERROR, "upstream failed")
 
     def _close_ws(self, code: int, reason: str) -> None:
         if self.closing:
             return
         self.closing = True
-        if self.ws.state is State.CONNECTING:
+        if self.state == CONNECTING:
             # No upgrade yet (draining): there is no WebSocket to close, only the socket.
-            if self.transport is not None:
-                self.transport.close()
+            self._close_transport()
             return
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(code, reason)
-        self._flush_ws()
+        if self.state == OPEN:
+            self._send_frame(CLOSE, close_payload(code, reason))
+            self.state = CLOSE_SENT
         # The peer should answer our close; do not wait for it forever.
         self.deadline = self.server.loop.time() + CLOSE_WAIT_SECONDS
         self._deadline_cb = self._abort_transport
