@@ -1,9 +1,9 @@
 """One tunnel connection: WebSocket framing, then the inner TLS session (SPEC §2).
 
-This layer only moves bytes. websockets' sans-I/O `ServerProtocol` answers the opening
-handshake; after the 101 it is let go and `ws_frames` splits the stream into frames, which
-carry one TLS byte stream (`TLSSession`) whose plaintext goes to the inner HTTP/1.1
-connection. Message boundaries mean nothing; binary payloads are fed to TLS as they arrive.
+This layer only moves bytes. `ws_handshake` decides the answer to the upgrade request, then
+`ws_frames` splits the stream into frames, which carry one TLS byte stream (`TLSSession`)
+whose plaintext goes to the inner HTTP/1.1 connection. Message boundaries mean nothing;
+binary payloads are fed to TLS as they arrive.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
-
-from websockets.http11 import Request
-from websockets.server import ServerProtocol
 
 from mcp_tunnel.proxy.http_server import InnerHTTP
 from mcp_tunnel.routing import normalize_host
@@ -38,6 +35,7 @@ from mcp_tunnel.ws_frames import (
     frame_header,
     parse_close,
 )
+from mcp_tunnel.ws_handshake import UpgradeParser, UpgradeRefused, accept, check_upgrade, refusal_response
 
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
@@ -47,15 +45,9 @@ MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
 MAX_OUT_MESSAGE = 64 * 1024
 CLOSE_WAIT_SECONDS = 5.0  # how long a closing tunnel waits for the peer's close frame
 HIGH_WATER = 256 * 1024
-_HEAD_END = b"\r\n\r\n"
 
 # WebSocket states: before the 101, open, our close frame sent, closing handshake over.
 CONNECTING, OPEN, CLOSE_SENT, CLOSED = 0, 1, 2, 3
-
-NOT_A_TUNNEL = (
-    "This listener expects a WebSocket carrying TLS (an MCP tunnel connection from cloudflared); "
-    "plain HTTP requests are not served here.\n"
-)
 
 
 _SNI_ATTRIBUTE = "mcp_tunnel_sni"
@@ -82,7 +74,7 @@ class TunnelProtocol(asyncio.Protocol):
         "_deadline_cb",
         "_drain_waiters",
         "_handshake_over",
-        "_head_tail",
+        "_head",
         "_on_writable",
         "_paused_writing",
         "_ping_sent",
@@ -101,17 +93,15 @@ class TunnelProtocol(asyncio.Protocol):
         "state",
         "tls",
         "transport",
-        "ws",
     )
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        # The handshake's parser, let go after the 101; then `frames` takes the stream.
-        self.ws: ServerProtocol | None = ServerProtocol(extensions=None, subprotocols=None)
+        # The upgrade request's parser until it is answered; then `frames` takes the stream.
+        self._head: UpgradeParser | None = UpgradeParser()
         self.frames: FrameParser | None = None
         self.state = CONNECTING
-        self._head_tail = b""  # the last bytes seen before the upgrade head ended
         self.tls: TLSSession | None = None
         self.http: InnerHTTP | None = None
         self.peer = "-"
@@ -196,22 +186,19 @@ class TunnelProtocol(asyncio.Protocol):
             self._frame(frame)
 
     def eof_received(self) -> bool | None:
-        ws = self.ws
-        if ws is not None:
-            ws.receive_eof()
-            self._flush_handshake()
         return None  # the transport closes; connection_lost aborts what is in flight
 
     # --- the WebSocket upgrade ---------------------------------------------------------
 
     def _handshake_data(self, data: bytes) -> None:
-        """Feed websockets the upgrade request, and nothing past its end."""
-        ws = self.ws
-        if ws is None:
-            return
+        """Collect the upgrade request; answer it once its head is whole."""
+        head = self._head
+        if head is None:
+            return  # answered already; the connection is closing
         if not self._sniffed:
             self._sniffed = True
             if data[:1] == b"\x16":
+                self._head = None
                 self._handshake_over = True
                 self.server.handshake_refused(self, "raw_tls")
                 self.server.log.warn(
@@ -221,82 +208,52 @@ class TunnelProtocol(asyncio.Protocol):
                 )
                 self._abort_transport()
                 return
-        window = self._head_tail + data
-        end = window.find(_HEAD_END)
-        rest = b""
-        if end < 0:
-            self._head_tail = window[-3:]
-        else:
-            cut = end + len(_HEAD_END) - len(self._head_tail)
-            data, rest = data[:cut], data[cut:]
-            self._head_tail = b""
-        ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, Request):
-                self._upgrade(event)
-        if self.state == CONNECTING and ws.handshake_exc is not None:
-            # websockets could not parse a request at all (another method, HTTP/1.0, garbage).
-            self._plain_http_answer()
-            return
-        self._flush_handshake()
-        if self.state == OPEN:
-            self.ws = None  # ~1 KB per idle tunnel: frames need none of it
-            if rest:  # a client that did not wait for the 101
-                self.data_received(rest)
-
-    def _flush_handshake(self) -> None:
-        ws, transport = self.ws, self.transport
-        if ws is None or transport is None:
-            return
-        chunks = ws.data_to_send()
-        eof = bool(chunks) and chunks[-1] == b""
-        if eof:
-            chunks = chunks[:-1]
-        if chunks and not transport.is_closing():
-            transport.writelines(chunks)
-        if eof or ws.close_expected():
-            transport.close()
-
-    def _upgrade(self, request: Request) -> None:
-        ws = self.ws
-        assert ws is not None
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            self._send_ws_response(ws.reject(400, NOT_A_TUNNEL))
-            self.server.handshake_refused(self, "not_websocket")
-            self.server.log.info("non-websocket request on tunnel listener", peer=self.peer)
+        try:
+            parsed = head.feed(data)
+            if parsed is None:
+                return
+            request, rest = parsed
+            self._head = None
+            check_upgrade(request)
+            response = accept(request)
+        except UpgradeRefused as refused:
+            self._refuse(refused)
             return
         refusal = self.server.admission()
         if refusal:
-            self._send_ws_response(ws.reject(503, refusal + "\n"))
+            self._answer(refusal_response(503, refusal + "\n"))
             self.server.log.warn("tunnel connection refused", peer=self.peer, reason=refusal)
             return
-        response = ws.accept(request)
-        ws.send_response(response)
-        if response.status_code != 101:
-            self.server.handshake_refused(self, "websocket")
-            self.server.log.info("websocket handshake refused", peer=self.peer, status=response.status_code)
-            return
+        if self.transport is not None:
+            self.transport.write(response)
         self.state = OPEN
         self.frames = FrameParser(masked=True, max_message=MAX_MESSAGE)
         self.tls = TLSSession(self.server.tls_context(), server_side=True)
         self.http = InnerHTTP(self.server, self)
         self.server.tunnel_admitted(self)
         self.server.log.debug("tunnel connection opened", peer=self.peer)
+        if rest:  # a client that did not wait for the 101
+            self.data_received(rest)
 
-    def _send_ws_response(self, response: object) -> None:
-        assert self.ws is not None
-        self.ws.send_response(response)  # type: ignore[arg-type]
-        self._flush_handshake()
+    def _refuse(self, refused: UpgradeRefused) -> None:
+        self._head = None
+        self._answer(refused.response)
+        if refused.not_websocket:
+            self.server.handshake_refused(self, "not_websocket")
+            if not refused.quiet:
+                self.server.log.info("non-websocket request on tunnel listener", peer=self.peer)
+        else:
+            self.server.handshake_refused(self, "websocket")
+            self.server.log.info("websocket handshake refused", peer=self.peer, status=refused.status)
 
-    def _plain_http_answer(self) -> None:
-        body = NOT_A_TUNNEL.encode()
-        self.server.handshake_refused(self, "not_websocket")
-        if self.transport is not None:
-            self.transport.write(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-            )
-            self.transport.close()
+    def _answer(self, response: bytes) -> None:
+        """Send a refusal and close: there is no WebSocket on this connection."""
+        self._head = None
+        self.closing = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(response)
+            transport.close()
 
     # --- frames ------------------------------------------------------------------------
 
@@ -343,7 +300,6 @@ class TunnelProtocol(asyncio.Protocol):
         self.state = CLOSED
         self.closing = True
         self.frames = None
-        self.ws = None
         self._close_transport()
 
     def _ciphertext(self, data: bytes) -> None:
