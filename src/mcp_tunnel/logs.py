@@ -3,8 +3,11 @@
 Kept deliberately small because the proxy writes two lines per request on its hot path: a
 level check, one string build and one write. The timestamp's seconds part is cached (it changes
 once a second, the lines come thousands of times a second) and plain values are recognised with
-one regex match instead of a per-character loop. Callers never pass bodies, query strings,
-``Authorization`` or cookies; nothing here inspects values for them.
+one regex match instead of a per-character loop. The two per-request lines have their own
+methods (`request_started`, `request_completed`) that build the text line with one f-string:
+no keyword dict, the constant message pre-quoted, numbers written without a check; the bytes
+are the same as `log` would write. Callers never pass bodies, query strings, ``Authorization``
+or cookies; nothing here inspects values for them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 # Values made only of these characters are written bare; anything else (spaces, quotes, '=',
 # control or non-ASCII characters) is JSON-quoted so that a line always splits the same way.
 _BARE = re.compile(r"[A-Za-z0-9\-._:/@\[\]%+,]+").fullmatch
+# Printable ASCII without '"' and '\\': exactly the strings json.dumps only wraps in quotes.
+_QUOTE_ONLY = re.compile(r"[ !#-\[\]-~]*").fullmatch
 
 
 def _logfmt_value(value: object) -> str:
@@ -32,7 +37,21 @@ def _logfmt_value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if _BARE(text):
         return text
+    return _quoted(text)
+
+
+def _text(text: str) -> str:
+    return text if _BARE(text) else _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    """`text` as a JSON string (what a value that is not bare becomes)."""
+    if _QUOTE_ONLY(text):
+        return f'"{text}"'
     return json.dumps(text)
+
+
+_time = time.time
 
 
 class _Clock:
@@ -45,12 +64,13 @@ class _Clock:
         self._prefix = ""
 
     def stamp(self) -> str:
-        now = time.time()
+        now = _time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        # %d truncates as int() does, at half the cost of f"{int(...):03d}"
+        return "%s.%03dZ" % (self._prefix, (now - second) * 1000)  # noqa: UP031
 
 
 class Logger:
@@ -83,11 +103,81 @@ class Logger:
             line = f"time={stamp} level={level} msg={_logfmt_value(msg)}"
             if fields:
                 line += " " + " ".join([f"{k}={_logfmt_value(v)}" for k, v in fields.items()])
+        self._write(line + "\n")
+
+    # --- the two lines of every proxied request (same bytes as `log`, less work) -------------
+
+    def request_started(self, method: str, host: str, path: str) -> None:
+        """``info("request started", method=..., host=..., path=...)``."""
+        if not self.info_enabled:
+            return
+        if self.json:
+            self.log("info", "request started", {"method": method, "host": host, "path": path})
+            return
+        if method and host and path and _BARE(f"{method}{host}{path}"):  # one match for the three
+            self._write(
+                f'time={self._clock.stamp()} level=info msg="request started"'
+                f" method={method} host={host} path={path}\n"
+            )
+        else:
+            self._write(
+                f'time={self._clock.stamp()} level=info msg="request started"'
+                f" method={_text(method)} host={_text(host)} path={_text(path)}\n"
+            )
+
+    def request_completed(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        nbytes: int,
+        route: str,
+        error: str = "",
+    ) -> None:
+        """``info("request completed", ...)`` with method, host, path, status, duration_ms, bytes,
+        route and, when not empty, error, in that order.
+
+        `status`, `duration_ms` and `nbytes` are numbers, written as `str` writes them.
+        """
+        if not self.info_enabled:
+            return
+        if self.json:
+            fields: dict[str, Any] = {
+                "method": method,
+                "host": host,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "bytes": nbytes,
+                "route": route,
+            }
+            if error:
+                fields["error"] = error
+            self.log("info", "request completed", fields)
+            return
+        err = f" error={_text(error)}" if error else ""
+        if method and host and path and route and _BARE(f"{method}{host}{path}{route}"):
+            self._write(
+                f'time={self._clock.stamp()} level=info msg="request completed" method={method}'
+                f" host={host} path={path} status={status} duration_ms={duration_ms} bytes={nbytes}"
+                f" route={route}{err}\n"
+            )
+        else:
+            self._write(
+                f'time={self._clock.stamp()} level=info msg="request completed" method={_text(method)}'
+                f" host={_text(host)} path={_text(path)} status={status} duration_ms={duration_ms}"
+                f" bytes={nbytes} route={_text(route)}{err}\n"
+            )
+
+    def _write(self, line: str) -> None:
         try:
-            self.stream.write(line + "\n")
+            self.stream.write(line)
         except (OSError, ValueError):
             return  # a closed or full stderr must never take the proxy down
-        self._schedule_flush()
+        if not self._flush_pending:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         """One flush (one write system call) per event-loop iteration, not one per line.

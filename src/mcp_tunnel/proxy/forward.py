@@ -221,9 +221,9 @@ class Forwarder:
             head = ex.head
             if log.info_enabled:
                 if head is not None:
-                    log.info("request started", method=head.method, host=head.host, path=head.path)
+                    log.request_started(head.method, head.host, head.path)
                 else:  # refused before it could be understood: still one pair of lines
-                    log.info("request started", method="-", host="-", path="-")
+                    log.request_started("-", "-", "-")
             if ex.error is not None:
                 raise ex.error
             assert head is not None
@@ -269,18 +269,11 @@ class Forwarder:
         seconds = time.perf_counter() - ex.started
         if log.info_enabled:
             head = ex.head
-            fields = {
-                "method": head.method if head else "-",
-                "host": head.host if head else "-",
-                "path": head.path if head else "-",
-                "status": ex.status,
-                "duration_ms": round(seconds * 1000, 3),
-                "bytes": ex.response_bytes,
-                "route": ex.route_key,
-            }
-            if ex.reason:
-                fields["error"] = ex.reason
-            log.log("info", "request completed", fields)
+            method, host, path = (head.method, head.host, head.path) if head else ("-", "-", "-")
+            ms = round(seconds * 1000, 3)
+            log.request_completed(
+                method, host, path, ex.status, ms, ex.response_bytes, ex.route_key, ex.reason
+            )
         server.request_finished(ex, seconds)
         http.exchange_done(ex)
 

@@ -1,0 +1,86 @@
+"""The Logger's per-request fast lines write exactly what the generic `log` writes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from mcp_tunnel import logs
+from mcp_tunnel.logs import Logger
+
+# Bare, quoted-only, escaped, empty, non-ASCII, control and logfmt-breaking values.
+VALUES = ["GET", "-", "up.bench.test", "/mcp", "a b", 'x"y', "a\\b", "", "a\nb", "é", "a=b", "[::1]", "\x7f"]
+
+
+@pytest.fixture(autouse=True)
+def _frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_time", lambda: 1764151380.25)
+
+
+def _pair(fmt: str) -> tuple[Logger, io.StringIO, Logger, io.StringIO]:
+    generic, fast = io.StringIO(), io.StringIO()
+    return Logger("info", fmt, stream=generic), generic, Logger("info", fmt, stream=fast), fast
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("value", VALUES)
+def test_fast_lines_are_byte_identical(fmt: str, value: str) -> None:
+    generic, generic_out, fast, fast_out = _pair(fmt)
+    for method, host, path in ((value, "h", "/p"), ("GET", value, "/p"), ("GET", "h", value), (value,) * 3):
+        generic.info("request started", method=method, host=host, path=path)
+        fast.request_started(method, host, path)
+        for route, error in (("echo", ""), (value, ""), ("-", value), ("echo", "upstream response timeout")):
+            fields = {"method": method, "host": host, "path": path, "status": 504, "duration_ms": 0.125}
+            fields |= {"bytes": 38, "route": route}
+            if error:
+                fields["error"] = error
+            generic.log("info", "request completed", fields)
+            fast.request_completed(method, host, path, 504, 0.125, 38, route, error)
+    assert fast_out.getvalue() == generic_out.getvalue()
+    if fmt == "json":
+        assert all(json.loads(line)["time"] for line in fast_out.getvalue().splitlines())
+
+
+def test_fast_lines_text_shape() -> None:
+    out = io.StringIO()
+    log = Logger("info", "text", stream=out)
+    log.request_started("POST", "echo.tunnel.test", "/mcp")
+    log.request_completed("POST", "echo.tunnel.test", "/mcp", 200, 1.5, 3, "echo")
+    log.request_completed("-", "-", "-", 400, 0.25, 50, "-", "more than one Host header")
+    assert out.getvalue().splitlines() == [
+        'time=2025-11-26T10:03:00.250Z level=info msg="request started" method=POST host=echo.tunnel.test'
+        " path=/mcp",
+        'time=2025-11-26T10:03:00.250Z level=info msg="request completed" method=POST host=echo.tunnel.test'
+        " path=/mcp status=200 duration_ms=1.5 bytes=3 route=echo",
+        'time=2025-11-26T10:03:00.250Z level=info msg="request completed" method=- host=- path=- status=400'
+        ' duration_ms=0.25 bytes=50 route=- error="more than one Host header"',
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_fast_lines_honour_the_level(fmt: str) -> None:
+    out = io.StringIO()
+    log = Logger("warn", fmt, stream=out)
+    log.request_started("GET", "h", "/")
+    log.request_completed("GET", "h", "/", 200, 1.0, 0, "r")
+    assert out.getvalue() == ""
+    log.configure("info", fmt)
+    log.request_started("GET", "h", "/")
+    assert out.getvalue().count("\n") == 1
+
+
+def test_quoting_is_json_for_every_character() -> None:
+    for code in [*range(0x100), 0x2028, 0x1F600]:
+        text = f"a {chr(code)} b"
+        assert logs._quoted(text) == json.dumps(text), code
+
+
+def test_stamp_milliseconds_truncate(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = logs._Clock()
+    for now in (1764151380.0, 1764151380.0009999, 1764151380.999, 1764151380.9999998, 1764151381.5):
+        monkeypatch.setattr(logs, "_time", lambda now=now: now)
+        stamp = clock.stamp()
+        assert stamp.endswith(f".{int((now - int(now)) * 1000):03d}Z"), (now, stamp)
+        assert len(stamp) == len("2025-01-01T00:00:00.000Z")
