@@ -56,6 +56,7 @@ class ResponseRelay:
     __slots__ = (
         "complete",
         "conn",
+        "deadline",
         "done",
         "ex",
         "framing",
@@ -79,8 +80,10 @@ class ResponseRelay:
         *,
         replayable: bool,
         loop: asyncio.AbstractEventLoop,
+        deadline: float,
     ) -> None:
         assert ex.head is not None
+        self.deadline = deadline  # loop time by which the response head must have arrived
         self.parser = httptools.HttpResponseParser(self)
         self.tunnel = tunnel
         self.ex = ex
@@ -207,9 +210,20 @@ class ResponseRelay:
             self.done.set_exception(exc)
 
 
+def check_interval(timeout: float) -> float:
+    """How often waiting exchanges are checked: 1/8 of the timeout, between 20 ms and 1 s."""
+    return max(0.02, min(1.0, timeout / 8))
+
+
 class Forwarder:
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
+        # Relays still waiting for their upstream's response head. One periodic check for all
+        # of them instead of a timer per request: registering is a set insertion, and a
+        # response timeout fires at most one check interval late (at most 1 s when a reload
+        # changed the timeout while exchanges were waiting).
+        self._waiting: set[ResponseRelay] = set()
+        self._check: asyncio.TimerHandle | None = None
 
     async def run(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
         """Answer one exchange, in order, and always report it done."""
@@ -331,10 +345,15 @@ class Forwarder:
         elif whole is not None and head.chunked:
             out += LAST_CHUNK
         loop = self.server.loop
-        relay = ResponseRelay(tunnel, ex, conn, replayable=whole is not None, loop=loop)
+        timeout = limits.upstream_response_timeout
+        relay = ResponseRelay(
+            tunnel, ex, conn, replayable=whole is not None, loop=loop, deadline=loop.time() + timeout
+        )
         conn.protocol.sink = relay
         sender: asyncio.Task[None] | None = None
-        timer = loop.call_later(limits.upstream_response_timeout, relay.timeout)
+        self._waiting.add(relay)
+        if self._check is None:
+            self._check = loop.call_later(check_interval(timeout), self._check_waiting)
         try:
             if conn.protocol.lost:
                 relay.upstream_lost(None)
@@ -344,7 +363,7 @@ class Forwarder:
                     sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
             reusable = await relay.done
         finally:
-            timer.cancel()
+            self._waiting.discard(relay)
             conn.protocol.sink = None
             if not relay.done.done():
                 relay.done.cancel()
@@ -354,6 +373,21 @@ class Forwarder:
             sender.done() and not sender.cancelled() and sender.exception() is None
         )
         return body_sent and reusable and conn.usable()
+
+    def _check_waiting(self) -> None:
+        """Fail the relays whose response head is overdue; forget those that have one."""
+        self._check = None
+        waiting = self._waiting
+        if not waiting:
+            return
+        server = self.server
+        now = server.loop.time()
+        for relay in [r for r in waiting if r.framing is not None or r.deadline <= now]:
+            waiting.discard(relay)
+            relay.timeout()  # a no-op once the head has arrived
+        if waiting:
+            interval = check_interval(server.limits.upstream_response_timeout)
+            self._check = server.loop.call_later(interval, self._check_waiting)
 
     async def _send_body(
         self, http: InnerHTTP, ex: Exchange, conn: UpstreamConnection, chunked: bool
