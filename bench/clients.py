@@ -2,8 +2,9 @@
 
 Every target gets the same prebuilt request bytes and the same accounting; only the transport
 differs. The plain and TLS clients are a bare asyncio protocol with httptools (no per-request
-objects beyond a future); the tunnel client is the product's own `TunnelClient` (websockets'
-asyncio client + the in-memory TLS session), as Anthropic's side would be played in tests.
+objects beyond a future); the tunnel client is the product's own `TunnelClient` (an asyncio
+protocol of its own: WebSocket frames + the in-memory TLS session), as Anthropic's side would
+be played in tests.
 The client runs in the harness process and competes with the servers for the two cores: the
 figures are the servers' own CPU, and ratios measured side by side are the point.
 """
@@ -188,8 +189,7 @@ class TunnelConn(Conn):
         await self.conn.close()
 
     def abort(self) -> None:
-        self.conn.closed = True
-        self.conn.ws.transport.abort()
+        self.conn.abort()
 
 
 class TunnelTarget(Target):

@@ -128,7 +128,7 @@ async def test_many_records_coalesced_in_one_message(
     conn.tls.send(wire)
     records = conn.tls.outgoing()
     assert len(records) > 3 * 16384  # more than one record's worth
-    await conn.ws.send(records)
+    await conn.send_message(records)
     for i in range(3):
         resp = await conn.read_response()
         assert await resp.read() == f"POST /p/{i} {len(body)}\n".encode()
@@ -258,7 +258,7 @@ async def test_client_disconnect_cancels_upstream(tmp: Path, pki: PKI) -> None:
     conn = await proxy.client().connect(pki.host("echo"))
     await conn.request("GET", "/stream", host=pki.host("echo"))
     await asyncio.wait_for(started.wait(), 5)
-    conn.ws.transport.abort()  # the client vanishes without any close
+    conn.abort()  # the client vanishes without any close
     await asyncio.wait_for(upstream_saw_close.wait(), 5)
     await proxy.stop()
     await up.close()
@@ -322,7 +322,7 @@ async def test_graceful_close_sends_close_notify_then_1000(
     while await conn._recv():
         pass
     assert conn.tls.closed_by_peer
-    assert conn.ws.close_code == 1000
+    assert conn.close_code == 1000
     await proxy.stop()
 
 
