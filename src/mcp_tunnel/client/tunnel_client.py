@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,19 @@ HeaderList = list[tuple[str, str]]
 ABNORMAL_CLOSURE = 1006  # what `close_code` says when the connection ended without a close frame
 MESSAGE_SIZE = 64 * 1024  # the largest WebSocket message we send unless `max_message` says less
 READ_HIGH = 1 << 20  # stop reading the socket while this much plaintext waits for the caller
+READ_SIZE = 64 * 1024  # one socket read at most
+
+# The socket is read into one buffer per thread, shared by its connections (what arrives is
+# copied out before the next read). asyncio's plain `data_received` path allocates a 256 KiB
+# bytes object per read instead: mmap, mremap and munmap on every response.
+_read_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 def client_ssl_context(ca_file: str | None = None, *, ca_data: str | None = None) -> ssl.SSLContext:
@@ -148,7 +162,7 @@ class _ResponseReader:
             self.complete = True
 
 
-class TunnelConnection(asyncio.Protocol):
+class TunnelConnection(asyncio.BufferedProtocol):
     """One WebSocket + one inner TLS session; requests run one after another.
 
     Everything the proxy sends is handled in `data_received` as it arrives; the coroutines
@@ -165,6 +179,7 @@ class TunnelConnection(asyncio.Protocol):
         self.close_reason = ""  # the reason in the proxy's close frame
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
+        self._buffer = _read_buffer()
         # Opening handshake: websockets sees the bytes up to the end of the response head.
         self._ws: ClientProtocol | None = ws
         self._opened: asyncio.Future[None] = self._loop.create_future()
@@ -206,7 +221,7 @@ class TunnelConnection(asyncio.Protocol):
             return self._close_rcvd
         return ABNORMAL_CLOSURE if self._ended else None
 
-    # --- asyncio.Protocol --------------------------------------------------------------
+    # --- asyncio.BufferedProtocol ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -217,6 +232,12 @@ class TunnelConnection(asyncio.Protocol):
         request.headers["User-Agent"] = USER_AGENT
         ws.send_request(request)
         transport.writelines(ws.data_to_send())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
