@@ -7,8 +7,9 @@ The I/O layers parse bytes with httptools and hand the parsed head to these func
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from http import HTTPStatus
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from mcp_tunnel.errors import BadRequest, ProxyError
@@ -39,9 +40,12 @@ _STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """An inner request as the proxy understood it, after validation."""
+class RequestHead(NamedTuple):
+    """An inner request as the proxy understood it, after validation.
+
+    A named tuple rather than a frozen dataclass: as immutable, and about 1 us cheaper to build
+    on every request.
+    """
 
     method: str
     target: bytes  # origin-form (path and query), forwarded unchanged
@@ -58,12 +62,15 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
+def _dropped(base: frozenset[bytes], connection: list[bytes]) -> frozenset[bytes]:
+    """`base` plus the header names the Connection header values list."""
+    tokens = {t.strip().lower() for value in connection for t in value.split(b",") if t.strip()}
+    return base if tokens <= base else base | tokens
+
+
+# The request headers validation looks at; every other header only needs the drop-set check.
+_REQUEST_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+_BAD_HOST_CHAR = re.compile(r"[ /\\@?#]").search
 
 
 def validate_request(
@@ -79,9 +86,21 @@ def validate_request(
     `headers` carry lowercased names. Raises a ProxyError subclass (its status is the answer);
     such a request never reaches an upstream.
     """
-    hosts = [v for n, v in headers if n == b"host"]
-    lengths = [v for n, v in headers if n == b"content-length"]
-    encodings = [v for n, v in headers if n == b"transfer-encoding"]
+    # One pass picks out the headers that decide framing and routing.
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name in _REQUEST_FRAMING:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                encodings.append(value)
+            else:
+                connection.append(value)
 
     if len(hosts) > 1:
         raise BadRequest("more than one Host header", body="Bad request: more than one Host header")
@@ -95,10 +114,14 @@ def validate_request(
 
     content_length: int | None = None
     if lengths:
-        values = {v.strip() for v in b",".join(lengths).split(b",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
+        if len(lengths) == 1 and b"," not in lengths[0]:
+            value = lengths[0].strip()  # the usual single value
+        else:  # repeated or listed: allowed only when every value is the same
+            values = {v.strip() for v in b",".join(lengths).split(b",")}
+            value = next(iter(values)) if len(values) == 1 else b""
+        if not value.isdigit():
             raise BadRequest("invalid Content-Length", body="Bad request: invalid Content-Length")
-        content_length = int(next(iter(values)))
+        content_length = int(value)
 
     chunked = False
     if encodings:
@@ -114,7 +137,7 @@ def validate_request(
         host_text = raw_host.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest("non-ASCII Host", body="Bad request: invalid Host header") from None
-    if not host_text or any(c in host_text for c in " /\\@?#"):
+    if not host_text or _BAD_HOST_CHAR(host_text):
         raise BadRequest("invalid Host", body="Bad request: invalid Host header")
     host = normalize_host(host_text)
 
@@ -134,44 +157,43 @@ def validate_request(
         else:
             raise BadRequest("invalid request target", body="Bad request: invalid request target")
 
-    drop = _STRIP_REQUEST | _connection_tokens(headers)
-    forwarded = [(n, v) for n, v in headers if n not in drop]
-    path = origin_target.split(b"?", 1)[0].decode("latin-1")
+    drop = _dropped(_STRIP_REQUEST, connection) if connection else _STRIP_REQUEST
+    forwarded = [pair for pair in headers if pair[0] not in drop]
+    path = origin_target.partition(b"?")[0].decode("latin-1")
     del version  # HTTP/1.0 is accepted with a Host; the head is re-emitted as HTTP/1.1
     return RequestHead(
-        method=method,
-        target=origin_target,
-        host=host,
-        raw_host=raw_host,
-        headers=forwarded,
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        path=path,
+        method, origin_target, host, raw_host, forwarded, content_length, chunked, keep_alive, path
     )
 
 
 def upstream_request_head(req: RequestHead, *, host_header: bytes, forwarded_host: bytes) -> bytes:
     """Serialise the request for the upstream, with our framing and forwarding headers."""
-    lines = [f"{req.method} ".encode() + req.target + b" HTTP/1.1", b"Host: " + host_header]
-    lines += [n + b": " + v for n, v in req.headers]
-    lines.append(b"X-Forwarded-Proto: https")
-    lines.append(b"X-Forwarded-Host: " + forwarded_host)
     if req.chunked:
-        lines.append(b"Transfer-Encoding: chunked")
+        framing = b"Transfer-Encoding: chunked\r\n"
     elif req.content_length is not None:
-        lines.append(b"Content-Length: %d" % req.content_length)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+        framing = b"Content-Length: %d\r\n" % req.content_length
+    else:
+        framing = b""
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Forwarded-Proto: https\r\nX-Forwarded-Host: %s\r\n%s\r\n" % (
+        req.method.encode(),
+        req.target,
+        host_header,
+        b"".join([b"%s: %s\r\n" % pair for pair in req.headers]),
+        forwarded_host,
+        framing,
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseFraming:
+class ResponseFraming(NamedTuple):
     """How the proxy frames a response body towards the tunnel client."""
 
     head: bytes
     chunked: bool  # re-chunk the body (upstream sent chunked or close-delimited)
     has_body: bool
     close_delimited: bool  # the upstream's body ends when it closes the connection
+
+
+_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def downstream_response_head(
@@ -183,22 +205,37 @@ def downstream_response_head(
     keep_alive: bool,
 ) -> ResponseFraming:
     """Serialise the upstream's response for the tunnel client, hop-by-hop headers removed."""
-    drop = _STRIP_RESPONSE | _connection_tokens(headers)
-    lengths = [v for n, v in headers if n == b"content-length"]
+    length: bytes | None = None  # the first Content-Length
+    is_chunked_upstream = False
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name in _RESPONSE_FRAMING:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                is_chunked_upstream = True
+            else:
+                connection.append(value)
+    drop = _dropped(_STRIP_RESPONSE, connection) if connection else _STRIP_RESPONSE
     has_body = not (request_method == "HEAD" or status in NO_BODY_STATUSES or 100 <= status < 200)
-    lines = [b"HTTP/1.1 %d " % status + (reason or _phrase(status))]
-    lines += [n + b": " + v for n, v in headers if n not in drop]
     chunked = False
-    is_chunked_upstream = any(n == b"transfer-encoding" for n, _ in headers)
-    if lengths and not is_chunked_upstream:
-        lines.append(b"Content-Length: " + lengths[0].strip())
+    if length is not None and not is_chunked_upstream:
+        framing = b"Content-Length: " + length.strip() + b"\r\n"
     elif has_body:
         chunked = True
-        lines.append(b"Transfer-Encoding: chunked")
-    if not keep_alive:
-        lines.append(b"Connection: close")
+        framing = b"Transfer-Encoding: chunked\r\n"
+    else:
+        framing = b""
+    head = b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (
+        status,
+        reason or _phrase(status),
+        b"".join([b"%s: %s\r\n" % pair for pair in headers if pair[0] not in drop]),
+        framing,
+        b"" if keep_alive else b"Connection: close\r\n",
+    )
     close_delimited = chunked and not is_chunked_upstream
-    return ResponseFraming(b"\r\n".join(lines) + b"\r\n\r\n", chunked, has_body, close_delimited)
+    return ResponseFraming(head, chunked, has_body, close_delimited)
 
 
 def _phrase(status: int) -> bytes:

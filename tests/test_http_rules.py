@@ -1,0 +1,123 @@
+"""http_rules, pure: every refusal, what is dropped, and the exact bytes sent each way."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_tunnel.errors import BadRequest
+from mcp_tunnel.http_rules import (
+    Headers,
+    RequestHead,
+    downstream_response_head,
+    upstream_request_head,
+    validate_request,
+)
+
+HOST = (b"host", b"Echo.Tunnel.Test:443")
+CL, TE = b"content-length", b"transfer-encoding"
+BOTH_FRAMINGS = "Bad request: both Content-Length and Transfer-Encoding"
+
+
+def _ok(headers: Headers, *, method: str = "POST", target: bytes = b"/mcp?x=1") -> RequestHead:
+    return validate_request(method, target, "1.1", headers, keep_alive=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "target", "body"),
+    [
+        ([HOST, (b"host", b"x")], b"/", "Bad request: more than one Host header"),
+        ([], b"/", "Bad request: missing Host header"),
+        ([HOST, (CL, b"1"), (TE, b"chunked")], b"/", BOTH_FRAMINGS),
+        ([HOST, (CL, b"1"), (CL, b"2")], b"/", "Bad request: invalid Content-Length"),
+        ([HOST, (CL, b"1, 2")], b"/", "Bad request: invalid Content-Length"),
+        ([HOST, (CL, b"-1")], b"/", "Bad request: invalid Content-Length"),
+        ([HOST, (CL, b"")], b"/", "Bad request: invalid Content-Length"),
+        ([HOST, (TE, b"gzip, chunked")], b"/", "Bad request: unsupported Transfer-Encoding"),
+        ([(b"host", b"\xc3\xa9")], b"/", "Bad request: invalid Host header"),
+        ([(b"host", b"  ")], b"/", "Bad request: invalid Host header"),
+        ([(b"host", b"a b")], b"/", "Bad request: invalid Host header"),
+        ([(b"host", b"u@echo")], b"/", "Bad request: invalid Host header"),
+        ([(b"host", b"a\\b")], b"/", "Bad request: invalid Host header"),
+        ([(b"host", b"a?b")], b"/", "Bad request: invalid Host header"),
+        ([HOST], b"http://other.test/", "Bad request: request target does not match Host"),
+        ([HOST], b"http://u@echo.tunnel.test/", "Bad request: request target does not match Host"),
+        ([HOST], b"mcp", "Bad request: invalid request target"),
+        ([HOST], b"*", "Bad request: invalid request target"),  # only OPTIONS may say *
+    ],
+)  # fmt: skip
+def test_refusals(headers: Headers, target: bytes, body: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        _ok(headers, target=target)
+    assert refused.value.body == body
+
+
+def test_accepted_head_and_what_is_dropped() -> None:
+    headers = [
+        HOST,
+        (b"content-length", b" 5 "),
+        (b"connection", b"keep-alive, X-Secret-Hop"),
+        (b"x-secret-hop", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"forwarded", b"for=6.6.6.6"),
+        (b"accept", b"application/json"),
+        (b"mcp-session-id", b"abc"),
+    ]
+    head = _ok(headers)
+    assert head.host == "echo.tunnel.test" and head.raw_host == b"Echo.Tunnel.Test:443"
+    assert (head.method, head.target, head.path) == ("POST", b"/mcp?x=1", "/mcp")
+    assert (head.content_length, head.chunked, head.has_body, head.keep_alive) == (5, False, True, True)
+    assert head.headers == [(b"accept", b"application/json"), (b"mcp-session-id", b"abc")]
+    assert _ok([HOST, (b"content-length", b"5, 5"), (b"content-length", b"5")]).content_length == 5
+    assert _ok([HOST, (b"transfer-encoding", b"Chunked")]).chunked
+    assert not _ok([HOST], method="GET").has_body
+    assert _ok([HOST], method="OPTIONS", target=b"*").path == "*"
+    absolute = _ok([HOST], target=b"http://echo.tunnel.test:443/a/b?q=1")
+    assert (absolute.target, absolute.path) == (b"/a/b?q=1", "/a/b")
+    assert _ok([HOST], target=b"https://echo.tunnel.test").target == b"/"
+
+
+def test_upstream_request_bytes() -> None:
+    head = _ok([HOST, (b"content-length", b"5"), (b"accept", b"*/*")])
+    assert upstream_request_head(head, host_header=b"up:9000", forwarded_host=head.raw_host) == (
+        b"POST /mcp?x=1 HTTP/1.1\r\nHost: up:9000\r\naccept: */*\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: Echo.Tunnel.Test:443\r\nContent-Length: 5\r\n\r\n"
+    )
+    chunked = _ok([HOST, (b"transfer-encoding", b"chunked")])
+    assert upstream_request_head(chunked, host_header=b"h", forwarded_host=b"h").endswith(
+        b"X-Forwarded-Host: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    bodiless = _ok([HOST], method="GET")
+    assert upstream_request_head(bodiless, host_header=b"h", forwarded_host=b"h") == (
+        b"GET /mcp?x=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\n\r\n"
+    )
+
+
+def test_downstream_response_framing() -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b" 2 "),
+        (b"connection", b"close, x-hop"),
+        (b"x-hop", b"1"),
+        (b"keep-alive", b"timeout=5"),
+    ]
+    framing = downstream_response_head(200, b"OK", headers, request_method="GET", keep_alive=True)
+    assert framing.head == b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\n"
+    assert (framing.chunked, framing.has_body, framing.close_delimited) == (False, True, False)
+
+    chunked = [(b"transfer-encoding", b"chunked"), (b"content-length", b"9")]
+    framing = downstream_response_head(201, b"", chunked, request_method="POST", keep_alive=False)
+    assert framing.head == b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    assert (framing.chunked, framing.has_body, framing.close_delimited) == (True, True, False)
+
+    framing = downstream_response_head(200, b"OK", [], request_method="GET", keep_alive=True)
+    assert framing.head == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert (framing.chunked, framing.has_body, framing.close_delimited) == (True, True, True)
+
+    for status, method in ((204, "GET"), (304, "GET"), (200, "HEAD"), (103, "GET")):
+        framing = downstream_response_head(status, b"X", [], request_method=method, keep_alive=True)
+        assert framing.head == b"HTTP/1.1 %d X\r\n\r\n" % status
+        assert (framing.chunked, framing.has_body) == (False, False)
+    assert downstream_response_head(599, b"", [], request_method="HEAD", keep_alive=True).head == (
+        b"HTTP/1.1 599 Unknown\r\n\r\n"
+    )
