@@ -9,7 +9,7 @@ the one before it to finish writing.
 from __future__ import annotations
 
 import asyncio
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -39,11 +39,13 @@ class BodyStream:
     def feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self.buffered += len(chunk)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def end(self) -> None:
         self.done = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self) -> None:
         self.failed = True
@@ -112,7 +114,7 @@ class Exchange:
         self.status = 0
         self.reason = ""  # why the proxy answered or cut it itself, for the completion line
         self.route_key = "-"
-        self.started = time.perf_counter()
+        self.started = perf_counter()
         self.task: asyncio.Task[None] | None = None
 
 
@@ -164,7 +166,7 @@ class InnerHTTP:
             # Upgrade is hop-by-hop and dropped: answer the request itself, and parse what
             # follows the head as the next request.
             offset = int(upgrade.args[0]) if upgrade.args else len(data)
-            self._message_complete()
+            self.on_message_complete()
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self.feed(data[offset:])
@@ -204,7 +206,11 @@ class InnerHTTP:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
-        self._count(len(name) + len(value) + 4)
+        size = self._header_bytes + len(name) + len(value) + 4  # `_count`, inlined: every header
+        self._header_bytes = size
+        if size > self.limits.max_header_bytes:
+            self._too_large = True
+            raise HeadersTooLarge("request headers over the size limit")
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -253,9 +259,6 @@ class InnerHTTP:
                 self.tunnel.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        self._message_complete()
-
-    def _message_complete(self) -> None:
         ex = self.current
         if ex is not None:
             ex.body.end()
