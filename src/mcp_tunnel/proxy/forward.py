@@ -209,6 +209,15 @@ class ResponseRelay:
         if not self.done.done():
             self.done.set_exception(exc)
 
+    def detach(self) -> None:
+        """Drop the parser once nothing feeds this relay any more.
+
+        The parser holds this relay's bound methods, a reference cycle: left in place, the
+        relay, its exchange, task and buffers of every request wait for the cyclic garbage
+        collector instead of being freed at once.
+        """
+        del self.parser
+
 
 def check_interval(timeout: float) -> float:
     """How often waiting exchanges are checked: 1/8 of the timeout, between 20 ms and 1 s."""
@@ -365,6 +374,7 @@ class Forwarder:
         finally:
             self._waiting.discard(relay)
             conn.protocol.sink = None
+            relay.detach()
             if not relay.done.done():
                 relay.done.cancel()
             if sender is not None and not sender.done():
