@@ -345,3 +345,29 @@ async def test_close_delimited_upstream_body_arrives_whole(tmp: Path, pki: PKI) 
     await conn.close()
     await proxy.stop()
     await up.close()
+
+
+async def test_idle_tunnel_lets_its_request_parser_go(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """Between requests a tunnel holds no parser; a request that then arrives in pieces still parses."""
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    conn = await proxy.client().connect(pki.host("echo"))
+    host = pki.host("echo")
+    (tunnel,) = proxy.server.tunnels
+    assert tunnel.http is not None and tunnel.http.parser is None  # none before the first request
+    resp = await conn.request("GET", "/one", host=host)
+    assert await resp.read() == b"GET /one 0\n"
+    assert tunnel.http.parser is None
+    await conn.send_raw(b"POST /two HTTP/1.1\r\nHo")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while tunnel.http.parser is None:  # the half request has reached the proxy
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    await conn.send_raw(f"st: {host}\r\nContent-Length: 3\r\n\r\nabc".encode())
+    resp = await conn.read_response()
+    assert await resp.read() == b"POST /two 3\n"
+    assert [r.target for r in upstream.requests] == ["/one", "/two"]
+    await conn.close()
+    await proxy.stop()

@@ -140,7 +140,9 @@ class InnerHTTP:
         self.server = server
         self.tunnel = tunnel
         self.limits = server.limits
-        self.parser = httptools.HttpRequestParser(self)
+        # Made when request bytes arrive and let go whenever the connection is idle: ~0.9 KB
+        # (the parser and its bound callbacks) on every idle tunnel, ~0.3 us to make again.
+        self.parser: httptools.HttpRequestParser | None = None
         # A list, not a deque: it rarely holds more than one, and an empty deque costs ~600 bytes
         # on every idle tunnel.
         self.exchanges: list[Exchange] = []
@@ -160,8 +162,11 @@ class InnerHTTP:
     def feed(self, data: bytes) -> None:
         if self.peer_done:
             return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             # Upgrade is hop-by-hop and dropped: answer the request itself, and parse what
             # follows the head as the next request.
@@ -224,6 +229,7 @@ class InnerHTTP:
         if self.exchanges and self.exchanges[0] is ex:
             self.tunnel.cancel_timer()
         parser = self.parser
+        assert parser is not None
         method = parser.get_method().decode("latin-1")
         try:
             ex.head = validate_request(
@@ -311,6 +317,8 @@ class InnerHTTP:
             self.abort("closing after response")
             self.tunnel.close_gracefully()
         elif not self.exchanges:
+            if self.current is None:
+                self.parser = None  # between requests, nothing half-parsed: see __init__
             self._arm_idle()
             self.server.exchange_idle(self.tunnel)
         elif self.current is self.exchanges[0] and self.exchanges[0].head is None:
