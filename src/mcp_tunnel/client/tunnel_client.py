@@ -118,7 +118,9 @@ class _ResponseReader:
     )
 
     def __init__(self, head_only: bool) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+        # Set to None once the response is read: the parser holds our bound callbacks, and
+        # without that cut every response would wait for the cyclic GC to be freed.
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -141,12 +143,14 @@ class _ResponseReader:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
         if 100 <= status < 200:
             self.interim = True  # 100 Continue, 103 Early Hints: the final answer follows
             return
         self.status = status
-        self.keep_alive = bool(self.parser.should_keep_alive())
+        self.keep_alive = bool(parser.should_keep_alive())
         self.headers_done = True
         if self.head_only or status in (204, 304):
             self.complete = True
@@ -365,7 +369,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if not plain:
             return
         reader = self._reader
-        if reader is None or reader.complete or self._plain:
+        if reader is None or reader.parser is None or reader.complete or self._plain:
             self._plain += plain
             return
         try:
@@ -559,6 +563,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
             data = bytes(self._plain)
             self._plain.clear()
             try:
+                assert reader.parser is not None
                 reader.parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 self._error = ("http", f"invalid HTTP response: {exc}")
@@ -583,6 +588,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     yield piece
                 continue
             if reader.complete:
+                reader.parser = None
                 break
             self._raise_error()
             if self.tls.closed_by_peer:
