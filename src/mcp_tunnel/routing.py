@@ -7,25 +7,26 @@ Lookup tries the exact host, then the host minus ``.<tunnel_domain>``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One ``routes`` entry: the key as written (lowercased) and its upstream."""
+    """One ``routes`` entry: the key as written (lowercased) and its upstream.
+
+    `upstream` and `authority` are derived once here: the pool looks them up on every request.
+    """
 
     key: str
     scheme: str  # "http" or "https"
     host: str  # name or IPv4 literal, as written
     port: int
+    upstream: str = field(init=False, repr=False, compare=False)
+    authority: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def upstream(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
-    def authority(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "authority", f"{self.host}:{self.port}")
+        object.__setattr__(self, "upstream", f"{self.scheme}://{self.host}:{self.port}")
 
 
 def normalize_host(host: str) -> str:

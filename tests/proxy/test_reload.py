@@ -292,7 +292,7 @@ async def test_retired_connector_closes_instead_of_pooling(
     old = proxy.server.connector
     route = proxy.server.router.lookup(HOST)
     assert route is not None
-    conn = await old.acquire(route)
+    conn = old.pooled(route) or await old.connect(route)
     proxy.server.apply(proxy.server.config)  # a reload
     assert proxy.server.connector is not old and old.closed
     old.release(conn)

@@ -316,7 +316,7 @@ class Forwarder:
         # again if a pooled connection turns out to be stale.
         whole = ex.body.complete_now() if head.has_body else b""
         for attempt in (1, 2):
-            conn = await connector.acquire(route)
+            conn = connector.pooled(route) or await connector.connect(route)
             try:
                 reusable = await self._exchange(tunnel, http, ex, route, conn, whole, settings, limits)
             except _StaleConnection:

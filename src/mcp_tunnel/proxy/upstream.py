@@ -190,9 +190,11 @@ class Connector:
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self.closed = False
 
-    async def acquire(self, route: Route) -> UpstreamConnection:
-        """A pooled keep-alive connection if one is still good, else a new vetted one."""
+    def pooled(self, route: Route) -> UpstreamConnection | None:
+        """A pooled keep-alive connection that is still good, without a coroutine (the common case)."""
         idle = self._idle.get(route.upstream)
+        if not idle:
+            return None
         now = self._clock()
         while idle:
             conn = idle.pop()
@@ -200,7 +202,7 @@ class Connector:
                 conn.reused = True
                 return conn
             conn.close()
-        return await self.connect(route)
+        return None
 
     def release(self, conn: UpstreamConnection) -> None:
         """Pool a connection for reuse; after `close` (a reload replaced us) just close it."""
