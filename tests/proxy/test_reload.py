@@ -299,7 +299,7 @@ async def test_retired_connector_closes_instead_of_pooling(
     assert conn.transport.is_closing()
     assert old._idle == {}
     fresh = Connector(proxy.server.config.upstream, Logger("error"))
-    conn2 = await fresh.acquire(route)
+    conn2 = fresh.pooled(route) or await fresh.connect(route)
     fresh.release(conn2)
     assert not conn2.transport.is_closing()  # a live connector pools it (the control case)
     fresh.close()
