@@ -242,19 +242,16 @@ class Forwarder:
             if ex.prev is not None and not ex.prev.finished:
                 await _wait_finished(ex.prev)
             head = ex.head
-            if log.info_enabled:
-                if head is not None:
-                    log.request_started(head.method, head.host, head.path)
-                else:  # refused before it could be understood: still one pair of lines
-                    log.request_started("-", "-", "-")
             if ex.error is not None:
                 raise ex.error
             assert head is not None
             if tunnel.sni_host is not None and tunnel.sni_host != head.host:
+                self._log_started(ex)
                 server.sni_mismatch(tunnel, head.host)
             # One consistent view of the config for the whole exchange, even across a reload.
             route = server.router.lookup(head.host)
             if route is None:
+                self._log_started(ex)
                 log.warn("no route for host", host=head.host)
                 raise NoRoute(f"no route for host {head.host}")
             ex.route_key = route.key
@@ -286,10 +283,29 @@ class Forwarder:
         finally:
             self._finish(http, ex)
 
+    def _log_started(self, ex: Exchange) -> None:
+        """The "request started" line, once per exchange and before any other line about it.
+
+        On the usual path it is written just after the request went upstream, so its cost is
+        not on the way to the upstream; a line about the request written earlier (no route,
+        IP policy, SNI) is preceded by it, and an exchange refused outright gets it at the end.
+        """
+        if ex.logged_start:
+            return
+        ex.logged_start = True
+        log = self.server.log
+        if log.info_enabled:
+            head = ex.head
+            if head is not None:
+                log.request_started(head.method, head.host, head.path)
+            else:  # refused before it could be understood: still one pair of lines
+                log.request_started("-", "-", "-")
+
     def _finish(self, http: InnerHTTP, ex: Exchange) -> None:
         server = self.server
         log = server.log
         seconds = time.perf_counter() - ex.started
+        self._log_started(ex)
         if log.info_enabled:
             head = ex.head
             method, host, path = (head.method, head.host, head.path) if head else ("-", "-", "-")
@@ -316,7 +332,10 @@ class Forwarder:
         # again if a pooled connection turns out to be stale.
         whole = ex.body.complete_now() if head.has_body else b""
         for attempt in (1, 2):
-            conn = connector.pooled(route) or await connector.connect(route)
+            conn = connector.pooled(route)
+            if conn is None:
+                self._log_started(ex)  # before the connector's own lines (refused address, ...)
+                conn = await connector.connect(route)
             try:
                 reusable = await self._exchange(tunnel, http, ex, route, conn, whole, settings, limits)
             except _StaleConnection:
@@ -368,6 +387,7 @@ class Forwarder:
                 relay.upstream_lost(None)
             else:
                 conn.write(out)
+                self._log_started(ex)
                 if whole is None:
                     sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
             reusable = await relay.done

@@ -91,6 +91,7 @@ class Exchange:
         "error",
         "finished",
         "head",
+        "logged_start",
         "prev",
         "reason",
         "response_bytes",
@@ -108,6 +109,7 @@ class Exchange:
         self.body = BodyStream()
         self.body_bytes = 0
         self.finished = False
+        self.logged_start = False  # the "request started" line is out
         self.close_after = False
         self.response_started = False
         self.response_bytes = 0
