@@ -372,6 +372,12 @@ class Forwarder:
             out += (chunk(whole) + LAST_CHUNK) if head.chunked else whole
         elif whole is not None and head.chunked:
             out += LAST_CHUNK
+        # The request goes out first: what follows is not on the way to the upstream, and the
+        # answer can only be read once this task yields.
+        lost = conn.protocol.lost
+        if not lost:
+            conn.write(out)
+            self._log_started(ex)
         loop = self.server.loop
         timeout = limits.upstream_response_timeout
         relay = ResponseRelay(
@@ -383,13 +389,10 @@ class Forwarder:
         if self._check is None:
             self._check = loop.call_later(check_interval(timeout), self._check_waiting)
         try:
-            if conn.protocol.lost:
+            if lost:
                 relay.upstream_lost(None)
-            else:
-                conn.write(out)
-                self._log_started(ex)
-                if whole is None:
-                    sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
+            elif whole is None:
+                sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
             reusable = await relay.done
         finally:
             self._waiting.discard(relay)
