@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -84,3 +85,41 @@ def test_stamp_milliseconds_truncate(monkeypatch: pytest.MonkeyPatch) -> None:
         stamp = clock.stamp()
         assert stamp.endswith(f".{int((now - int(now)) * 1000):03d}Z"), (now, stamp)
         assert len(stamp) == len("2025-01-01T00:00:00.000Z")
+
+
+class _CountingStream(io.StringIO):
+    """Counts flushes: each is one write system call on the real, block-buffered stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+async def test_lines_in_a_running_loop_are_flushed_together_soon() -> None:
+    stream = _CountingStream()
+    log = Logger("info", "text", stream=stream)
+    for i in range(200):
+        log.request_started("GET", "h", f"/{i}")
+    assert stream.flushes == 0  # nothing written per line
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while stream.flushes == 0:
+        assert loop.time() < deadline, "no flush"
+        await asyncio.sleep(logs.FLUSH_DELAY / 2)
+    assert stream.flushes == 1  # one flush for the whole batch
+    log.info("later")
+    while stream.flushes == 1:
+        assert loop.time() < deadline, "no second flush"
+        await asyncio.sleep(logs.FLUSH_DELAY / 2)
+    assert stream.getvalue().count("\n") == 201
+
+
+def test_outside_a_loop_each_line_is_flushed_at_once() -> None:
+    stream = _CountingStream()
+    log = Logger("info", "text", stream=stream)
+    log.info("one")
+    log.info("two")
+    assert stream.flushes == 2

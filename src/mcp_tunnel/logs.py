@@ -23,6 +23,7 @@ import time
 from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+FLUSH_DELAY = 0.01  # seconds a line may wait in the buffer while the event loop runs
 
 # Values made only of these characters are written bare; anything else (spaces, quotes, '=',
 # control or non-ASCII characters) is JSON-quoted so that a line always splits the same way.
@@ -180,10 +181,13 @@ class Logger:
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        """One flush (one write system call) per event-loop iteration, not one per line.
+        """One flush (one write system call) per `FLUSH_DELAY`, not one per line.
 
-        Every line logged while the loop handles a batch of ready sockets goes out together at
-        the end of that batch; outside a running loop each line is flushed at once.
+        Lines written while the loop runs reach the stream within 10 ms, together: under load
+        that is one write for hundreds of lines, and at a low request rate one write instead of
+        two for a request's pair of lines, off the request's way. A full buffer (64 KiB) is
+        written at once; the proxy flushes on exit. Outside a running loop each line is flushed
+        at once.
         """
         if self._flush_pending:
             return
@@ -193,7 +197,7 @@ class Logger:
             self.flush()
             return
         self._flush_pending = True
-        loop.call_soon(self.flush)
+        loop.call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -216,7 +220,7 @@ class Logger:
 
 
 def buffered_stderr() -> TextIO:
-    """stderr without Python's line buffering, for a logger that flushes once per loop turn.
+    """stderr without Python's line buffering, for a logger that flushes every `FLUSH_DELAY`.
 
     Since Python 3.9 `sys.stderr` flushes at every newline, which would cost the proxy one
     write system call per log line; this wrapper shares file descriptor 2 and is flushed by the
