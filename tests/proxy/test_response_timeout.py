@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcp_tunnel.proxy.forward import check_interval
+from mcp_tunnel.proxy.policy import check_interval
 from support.pki import PKI
 from support.proxy import start_proxy
 from support.upstreams import Received, RecordingUpstream

@@ -28,6 +28,7 @@ from mcp_tunnel.http_rules import (
     upstream_request_head,
 )
 from mcp_tunnel.metrics import refusal_reason
+from mcp_tunnel.proxy.policy import check_interval
 from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -217,11 +218,6 @@ class ResponseRelay:
         collector instead of being freed at once.
         """
         del self.parser
-
-
-def check_interval(timeout: float) -> float:
-    """How often waiting exchanges are checked: 1/8 of the timeout, between 20 ms and 1 s."""
-    return max(0.02, min(1.0, timeout / 8))
 
 
 class Forwarder:

@@ -1,4 +1,5 @@
-"""Operational decisions of the proxy, pure (no I/O, no clock): readiness and config reload.
+"""Operational decisions of the proxy, pure (no I/O, no clock): readiness, config reload, and
+how often timeouts are checked.
 
 Kept apart from the servers so each rule is a plain function of its inputs and is tested as
 such; `admin.py` and `reload.py` only gather the inputs and act on the answer.
@@ -11,6 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mcp_tunnel.config import Config
+
+# --- timeouts ----------------------------------------------------------------------------------
+
+
+def check_interval(timeout: float) -> float:
+    """How often a periodic check enforces `timeout`: 1/8 of it, between 20 ms and 1 s.
+
+    Timeouts are checked by periodic passes, not one timer per connection or request, so one
+    fires at most this much late.
+    """
+    return max(0.02, min(1.0, timeout / 8))
+
 
 # --- readiness ---------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from mcp_tunnel.logs import Logger
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
-from mcp_tunnel.proxy.policy import readiness_problem
+from mcp_tunnel.proxy.policy import check_interval, readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
 from mcp_tunnel.proxy.upstream import Connector, Resolver
 from mcp_tunnel.tls_session import make_server_context
@@ -102,10 +102,10 @@ class ProxyServer:
                 self.metrics.certificate_loaded(self.watcher.not_after)
 
     def sweep_interval(self) -> float:
-        """How often deadlines are checked: 1/8 of the shortest timeout, between 20 ms and 1 s."""
+        """How often connection deadlines are checked: for the shortest connection timeout."""
         lim = self.limits
         shortest = min(lim.handshake_timeout, lim.header_timeout, lim.idle_timeout, lim.ws_ping_interval)
-        return max(0.02, min(1.0, shortest / 8))
+        return check_interval(shortest)
 
     async def _sweep(self) -> None:
         """Fire expired connection deadlines; ping quiet tunnels, drop those that stopped answering.
