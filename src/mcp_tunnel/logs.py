@@ -115,16 +115,12 @@ class Logger:
         if self.json:
             self.log("info", "request started", {"method": method, "host": host, "path": path})
             return
-        if method and host and path and _BARE(f"{method}{host}{path}"):  # one match for the three
-            self._write(
-                f'time={self._clock.stamp()} level=info msg="request started"'
-                f" method={method} host={host} path={path}\n"
-            )
-        else:
-            self._write(
-                f'time={self._clock.stamp()} level=info msg="request started"'
-                f" method={_text(method)} host={_text(host)} path={_text(path)}\n"
-            )
+        if not (method and host and path and _BARE(f"{method}{host}{path}")):  # one match for three
+            method, host, path = _text(method), _text(host), _text(path)
+        self._write(
+            f'time={self._clock.stamp()} level=info msg="request started"'
+            f" method={method} host={host} path={path}\n"
+        )
 
     def request_completed(
         self,
@@ -159,18 +155,13 @@ class Logger:
             self.log("info", "request completed", fields)
             return
         err = f" error={_text(error)}" if error else ""
-        if method and host and path and route and _BARE(f"{method}{host}{path}{route}"):
-            self._write(
-                f'time={self._clock.stamp()} level=info msg="request completed" method={method}'
-                f" host={host} path={path} status={status} duration_ms={duration_ms} bytes={nbytes}"
-                f" route={route}{err}\n"
-            )
-        else:
-            self._write(
-                f'time={self._clock.stamp()} level=info msg="request completed" method={_text(method)}'
-                f" host={_text(host)} path={_text(path)} status={status} duration_ms={duration_ms}"
-                f" bytes={nbytes} route={_text(route)}{err}\n"
-            )
+        if not (method and host and path and route and _BARE(f"{method}{host}{path}{route}")):
+            method, host, path, route = _text(method), _text(host), _text(path), _text(route)
+        self._write(
+            f'time={self._clock.stamp()} level=info msg="request completed" method={method}'
+            f" host={host} path={path} status={status} duration_ms={duration_ms} bytes={nbytes}"
+            f" route={route}{err}\n"
+        )
 
     def _write(self, line: str) -> None:
         try:
