@@ -236,7 +236,6 @@ class TunnelProtocol(asyncio.Protocol):
             self.data_received(rest)
 
     def _refuse(self, refused: UpgradeRefused) -> None:
-        self._head = None
         self._answer(refused.response)
         if refused.not_websocket:
             self.server.handshake_refused(self, "not_websocket")
