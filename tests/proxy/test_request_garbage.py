@@ -7,12 +7,12 @@ ran every few dozen requests and cost about as much as the two log lines.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 from mcp_tunnel.http_rules import RequestHead
 from mcp_tunnel.proxy.forward import ResponseRelay
 from mcp_tunnel.proxy.http_server import BodyStream, Exchange
+from support.garbage import cyclic_garbage
 from support.pki import PKI
 from support.proxy import start_proxy
 from support.upstreams import RecordingUpstream
@@ -23,19 +23,11 @@ HOST = "echo.tunnel.test"
 async def test_requests_leave_no_cyclic_garbage(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"}, log_level="info")
     conn = await proxy.client().connect(HOST)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage(ResponseRelay, Exchange, BodyStream, RequestHead) as left:
         for i in range(20):
             resp = await conn.request("POST", f"/r{i}", host=HOST, body=b'{"id": 1}')
             assert resp.status == 200
             await resp.read()
-        gc.collect()
-        proxy_side = (ResponseRelay, Exchange, BodyStream, RequestHead)
-        left = [type(o).__name__ for o in gc.garbage if isinstance(o, proxy_side)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
     assert left == []
     await conn.close()
     await proxy.stop()
