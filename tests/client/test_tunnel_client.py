@@ -15,8 +15,9 @@ import base64
 import contextlib
 import hashlib
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,6 +254,27 @@ async def echo_proxy(tmp: Path, pki: PKI, upstream: RecordingUpstream, **extra: 
     return await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"}, **extra)
 
 
+@contextlib.asynccontextmanager
+async def relayed(
+    tmp: Path,
+    pki: PKI,
+    upstream: RecordingUpstream,
+    *,
+    proxy_config: dict[str, object] | None = None,
+    **relay_options: Any,
+) -> AsyncIterator[tuple[RunningProxy, Relay]]:
+    """The echo proxy with a `Relay` in front of it, both stopped however the test ends."""
+    proxy = await echo_proxy(tmp, pki, upstream, **(proxy_config or {}))
+    try:
+        relay = await Relay(proxy.server.port, **relay_options).start()
+        try:
+            yield proxy, relay
+        finally:
+            await relay.close()
+    finally:
+        await proxy.stop()
+
+
 # --- the opening handshake ----------------------------------------------------------------
 
 
@@ -363,83 +385,69 @@ async def test_upgrade_request_is_a_plain_websocket_upgrade(pki: PKI) -> None:
 
 
 async def test_frames_split_across_reads(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port, split=True).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    for i in range(3):
-        resp = await conn.request("POST", f"/split/{i}", host=pki.host("echo"), body=b"s" * (1000 * i))
-        assert resp.status == 200
-        assert await resp.read() == f"POST /split/{i} {1000 * i}\n".encode()
-    assert len(relay.frames_from_proxy(BINARY)) >= 4  # handshake flight + three answers
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream, split=True) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        for i in range(3):
+            resp = await conn.request("POST", f"/split/{i}", host=pki.host("echo"), body=b"s" * (1000 * i))
+            assert resp.status == 200
+            assert await resp.read() == f"POST /split/{i} {1000 * i}\n".encode()
+        assert len(relay.frames_from_proxy(BINARY)) >= 4  # handshake flight + three answers
+        await conn.close()
 
 
 async def test_fragmented_messages_with_a_ping_between_fragments_all_in_one_read(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port, fragment=7).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    resp = await conn.request("POST", "/fragments", host=pki.host("echo"), body=b"f" * 5000)
-    assert await resp.read() == b"POST /fragments 5000\n"
-    pongs = relay.frames_from_client(PONG)
-    assert pongs and all(p.payload == b"between fragments" for p in pongs)
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream, fragment=7) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        resp = await conn.request("POST", "/fragments", host=pki.host("echo"), body=b"f" * 5000)
+        assert await resp.read() == b"POST /fragments 5000\n"
+        pongs = relay.frames_from_client(PONG)
+        assert pongs and all(p.payload == b"between fragments" for p in pongs)
+        await conn.close()
 
 
 async def test_first_frame_in_the_same_read_as_the_101(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port, after_upgrade=server_frame(PING, b"right behind the 101")).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    await relay.wait_until(lambda: bool(relay.frames_from_client(PONG)))
-    assert relay.frames_from_client(PONG)[0].payload == b"right behind the 101"
-    resp = await conn.request("GET", "/after", host=pki.host("echo"))
-    assert await resp.read() == b"GET /after 0\n"
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    ping = server_frame(PING, b"right behind the 101")
+    async with relayed(tmp, pki, upstream, after_upgrade=ping) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        await relay.wait_until(lambda: bool(relay.frames_from_client(PONG)))
+        assert relay.frames_from_client(PONG)[0].payload == b"right behind the 101"
+        resp = await conn.request("GET", "/after", host=pki.host("echo"))
+        assert await resp.read() == b"GET /after 0\n"
+        await conn.close()
 
 
 async def test_one_byte_messages(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki, max_message=1).connect(pki.host("echo"))
-    resp = await conn.request("POST", "/one", host=pki.host("echo"), body=b"x" * 300)
-    assert await resp.read() == b"POST /one 300\n"
-    sent = relay.frames_from_client(BINARY)
-    assert len(sent) > 300 and all(len(f.payload) == 1 and f.fin for f in sent)
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki, max_message=1).connect(pki.host("echo"))
+        resp = await conn.request("POST", "/one", host=pki.host("echo"), body=b"x" * 300)
+        assert await resp.read() == b"POST /one 300\n"
+        sent = relay.frames_from_client(BINARY)
+        assert len(sent) > 300 and all(len(f.payload) == 1 and f.fin for f in sent)
+        await conn.close()
 
 
 async def test_pings_are_answered_with_pongs(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     # The proxy pings a quiet tunnel every 100 ms and drops it after 300 ms without an answer.
-    proxy = await echo_proxy(
-        tmp, pki, upstream, limits={"ws_ping_interval": "100ms", "ws_ping_timeout": "300ms"}
-    )
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    await relay.inject(server_frame(PING, b"are you there"))
-    await relay.wait_until(
-        lambda: len(relay.frames_from_proxy(PING)) >= 3 and len(relay.frames_from_client(PONG)) >= 4
-    )
-    pongs = [f.payload for f in relay.frames_from_client(PONG)]
-    assert pongs.count(b"are you there") == 1
-    answers = [p for p in pongs if p != b"are you there"]
-    assert answers[:3] == [f.payload for f in relay.frames_from_proxy(PING)][:3]
-    resp = await conn.request("GET", "/still-open", host=pki.host("echo"))
-    assert await resp.read() == b"GET /still-open 0\n"
-    assert not proxy.log_has("stopped answering pings")
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(
+        tmp, pki, upstream, proxy_config={"limits": {"ws_ping_interval": "100ms", "ws_ping_timeout": "300ms"}}
+    ) as (proxy, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        await relay.inject(server_frame(PING, b"are you there"))
+        await relay.wait_until(
+            lambda: len(relay.frames_from_proxy(PING)) >= 3 and len(relay.frames_from_client(PONG)) >= 4
+        )
+        pongs = [f.payload for f in relay.frames_from_client(PONG)]
+        assert pongs.count(b"are you there") == 1
+        answers = [p for p in pongs if p != b"are you there"]
+        assert answers[:3] == [f.payload for f in relay.frames_from_proxy(PING)][:3]
+        resp = await conn.request("GET", "/still-open", host=pki.host("echo"))
+        assert await resp.read() == b"GET /still-open 0\n"
+        assert not proxy.log_has("stopped answering pings")
+        await conn.close()
 
 
 async def _held_response(started: asyncio.Event, release: asyncio.Event) -> RecordingUpstream:
@@ -455,66 +463,57 @@ async def _held_response(started: asyncio.Event, release: asyncio.Event) -> Reco
 async def test_text_message_from_the_proxy_is_an_error(tmp: Path, pki: PKI) -> None:
     started, release = asyncio.Event(), asyncio.Event()
     up = await _held_response(started, release)
-    proxy = await echo_proxy(tmp, pki, up)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    resp = await conn.request("GET", "/held", host=pki.host("echo"))
-    body = resp.iter_body()
-    assert await anext(body) == b"h" * 10
-    await relay.inject(server_frame(TEXT, b"hello"))
-    with pytest.raises(TunnelClientError) as info:
-        await anext(body)
-    assert (info.value.stage, str(info.value)) == ("websocket", "proxy sent a text message")
-    await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
-    assert close_code(relay.frames_from_client(CLOSE)[0]) == 1003
-    assert conn.closed
-    await conn.close()
-    release.set()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, up) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        resp = await conn.request("GET", "/held", host=pki.host("echo"))
+        body = resp.iter_body()
+        assert await anext(body) == b"h" * 10
+        await relay.inject(server_frame(TEXT, b"hello"))
+        with pytest.raises(TunnelClientError) as info:
+            await anext(body)
+        assert (info.value.stage, str(info.value)) == ("websocket", "proxy sent a text message")
+        await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
+        assert close_code(relay.frames_from_client(CLOSE)[0]) == 1003
+        assert conn.closed
+        await conn.close()
+        release.set()
     await up.close()
 
 
 async def test_broken_framing_from_the_proxy_closes_1002(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    await relay.inject(server_frame(BINARY, b"x", rsv=0x40))  # a reserved bit no extension owns
-    with pytest.raises(TunnelClientError) as info:
-        await conn._recv()
-    assert info.value.stage == "websocket" and "reserved bits" in str(info.value)
-    await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
-    assert close_code(relay.frames_from_client(CLOSE)[0]) == 1002
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        await relay.inject(server_frame(BINARY, b"x", rsv=0x40))  # a reserved bit no extension owns
+        with pytest.raises(TunnelClientError) as info:
+            await conn._recv()
+        assert info.value.stage == "websocket" and "reserved bits" in str(info.value)
+        await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
+        assert close_code(relay.frames_from_client(CLOSE)[0]) == 1002
+        await conn.close()
 
 
 async def test_eof_mid_response_is_an_http_error(tmp: Path, pki: PKI) -> None:
     started, release = asyncio.Event(), asyncio.Event()
     up = await _held_response(started, release)
-    proxy = await echo_proxy(tmp, pki, up)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    resp = await conn.request("GET", "/held", host=pki.host("echo"))
-    assert resp.status == 200
-    await asyncio.wait_for(started.wait(), 5)
-    relay.cut()
-    with pytest.raises(TunnelClientError) as info:
-        await resp.read()
-    assert info.value.stage == "http"
-    assert str(info.value) == "connection closed before the response body ended"
-    assert conn.close_code == 1006  # ended without a close frame
-    assert conn.closed and not await conn._recv()
-    with pytest.raises(TunnelClientError) as info:
-        await conn.send_raw(b"GET / HTTP/1.1\r\n\r\n")
-    assert info.value.stage == "websocket"
-    await conn.close()
-    release.set()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, up) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        resp = await conn.request("GET", "/held", host=pki.host("echo"))
+        assert resp.status == 200
+        await asyncio.wait_for(started.wait(), 5)
+        relay.cut()
+        with pytest.raises(TunnelClientError) as info:
+            await resp.read()
+        assert info.value.stage == "http"
+        assert str(info.value) == "connection closed before the response body ended"
+        assert conn.close_code == 1006  # ended without a close frame
+        assert conn.closed and not await conn._recv()
+        with pytest.raises(TunnelClientError) as info:
+            await conn.send_raw(b"GET / HTTP/1.1\r\n\r\n")
+        assert info.value.stage == "websocket"
+        await conn.close()
+        release.set()
     await up.close()
 
 
@@ -526,19 +525,16 @@ async def test_eof_before_the_response_head(tmp: Path, pki: PKI) -> None:
         await release.wait()
 
     up = await RecordingUpstream(handler=never).start()
-    proxy = await echo_proxy(tmp, pki, up)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    pending = asyncio.create_task(conn.request("GET", "/never", host=pki.host("echo")))
-    await asyncio.wait_for(arrived.wait(), 5)
-    relay.cut()
-    with pytest.raises(TunnelClientError) as info:
-        await asyncio.wait_for(pending, 5)
-    assert (info.value.stage, str(info.value)) == ("http", "connection closed before a response arrived")
-    await conn.close()
-    release.set()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, up) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        pending = asyncio.create_task(conn.request("GET", "/never", host=pki.host("echo")))
+        await asyncio.wait_for(arrived.wait(), 5)
+        relay.cut()
+        with pytest.raises(TunnelClientError) as info:
+            await asyncio.wait_for(pending, 5)
+        assert (info.value.stage, str(info.value)) == ("http", "connection closed before a response arrived")
+        await conn.close()
+        release.set()
     await up.close()
 
 
@@ -548,43 +544,37 @@ async def test_eof_before_the_response_head(tmp: Path, pki: PKI) -> None:
 async def test_our_close_sends_close_notify_then_1000_and_records_the_answer(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    resp = await conn.request("GET", "/", host=pki.host("echo"))
-    await resp.read()
-    assert conn.close_code is None and not conn.closed
-    await conn.close()
-    assert conn.closed
-    last = relay.from_client[-2:]
-    # close_notify: one alert record (encrypted under TLS 1.3), then the close frame.
-    assert last[0].opcode == BINARY and last[0].payload[0] in (ALERT, APPLICATION_DATA)
-    assert len(last[0].payload) <= 5 + 2 + 1 + 16 + 8
-    assert last[1].opcode == CLOSE and close_code(last[1]) == 1000
-    assert conn.close_code == 1000  # the proxy's answer
-    assert [close_code(f) for f in relay.frames_from_proxy(CLOSE)] == [1000]
-    await conn.close()  # a second close does nothing
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        resp = await conn.request("GET", "/", host=pki.host("echo"))
+        await resp.read()
+        assert conn.close_code is None and not conn.closed
+        await conn.close()
+        assert conn.closed
+        last = relay.from_client[-2:]
+        # close_notify: one alert record (encrypted under TLS 1.3), then the close frame.
+        assert last[0].opcode == BINARY and last[0].payload[0] in (ALERT, APPLICATION_DATA)
+        assert len(last[0].payload) <= 5 + 2 + 1 + 16 + 8
+        assert last[1].opcode == CLOSE and close_code(last[1]) == 1000
+        assert conn.close_code == 1000  # the proxy's answer
+        assert [close_code(f) for f in relay.frames_from_proxy(CLOSE)] == [1000]
+        await conn.close()  # a second close does nothing
 
 
 async def test_proxy_close_is_answered_and_its_code_recorded(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    resp = await conn.request("GET", "/", host=pki.host("echo"), headers=[("Connection", "close")])
-    assert resp.header("connection") == "close"
-    assert await resp.read() == b"GET / 0\n"
-    while await conn._recv():
-        pass
-    assert conn.tls.closed_by_peer and conn.closed
-    assert conn.close_code == 1000 and conn.close_reason == ""
-    await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
-    assert [close_code(f) for f in relay.frames_from_client(CLOSE)] == [1000]  # the echo, once
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        resp = await conn.request("GET", "/", host=pki.host("echo"), headers=[("Connection", "close")])
+        assert resp.header("connection") == "close"
+        assert await resp.read() == b"GET / 0\n"
+        while await conn._recv():
+            pass
+        assert conn.tls.closed_by_peer and conn.closed
+        assert conn.close_code == 1000 and conn.close_reason == ""
+        await relay.wait_until(lambda: bool(relay.frames_from_client(CLOSE)))
+        assert [close_code(f) for f in relay.frames_from_client(CLOSE)] == [1000]  # the echo, once
 
 
 async def test_upstream_failure_mid_body_is_close_1011(tmp: Path, pki: PKI) -> None:
@@ -609,45 +599,36 @@ async def test_upstream_failure_mid_body_is_close_1011(tmp: Path, pki: PKI) -> N
 async def test_close_waits_for_the_answer_only_up_to_the_timeout(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port, swallow_close=True).start()
-    conn = await client_for(relay.url, pki, timeout=0.5).connect(pki.host("echo"))
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.wait_for(conn.close(), 5)
-    assert 0.5 <= loop.time() - start < 3
-    assert conn.close_code == 1006  # no answer ever came
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream, swallow_close=True) as (_, relay):
+        conn = await client_for(relay.url, pki, timeout=0.5).connect(pki.host("echo"))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(conn.close(), 5)
+        assert 0.5 <= loop.time() - start < 3
+        assert conn.close_code == 1006  # no answer ever came
 
 
 async def test_abort_drops_the_connection_at_once(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki).connect(pki.host("echo"))
-    conn.abort()
-    assert conn.closed and not await conn._recv()
-    assert conn.close_code == 1006
-    assert relay.frames_from_client(CLOSE) == []
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki).connect(pki.host("echo"))
+        conn.abort()
+        assert conn.closed and not await conn._recv()
+        assert conn.close_code == 1006
+        assert relay.frames_from_client(CLOSE) == []
 
 
 async def test_send_message_sends_one_message_whatever_max_message(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
-    proxy = await echo_proxy(tmp, pki, upstream)
-    relay = await Relay(proxy.server.port).start()
-    conn = await client_for(relay.url, pki, max_message=16).connect(pki.host("echo"))
-    host = pki.host("echo")
-    conn.tls.send(f"GET /whole HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    records = conn.tls.outgoing()
-    assert len(records) > 16
-    await conn.send_message(records)
-    resp = await conn.read_response()
-    assert await resp.read() == b"GET /whole 0\n"
-    sizes = [len(f.payload) for f in relay.frames_from_client(BINARY)]
-    assert sizes.count(len(records)) == 1 and max(n for n in sizes if n != len(records)) == 16
-    await conn.close()
-    await relay.close()
-    await proxy.stop()
+    async with relayed(tmp, pki, upstream) as (_, relay):
+        conn = await client_for(relay.url, pki, max_message=16).connect(pki.host("echo"))
+        host = pki.host("echo")
+        conn.tls.send(f"GET /whole HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        records = conn.tls.outgoing()
+        assert len(records) > 16
+        await conn.send_message(records)
+        resp = await conn.read_response()
+        assert await resp.read() == b"GET /whole 0\n"
+        sizes = [len(f.payload) for f in relay.frames_from_client(BINARY)]
+        assert sizes.count(len(records)) == 1 and max(n for n in sizes if n != len(records)) == 16
+        await conn.close()
