@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -78,11 +79,10 @@ def test_quoting_is_json_for_every_character() -> None:
         assert logs._quoted(text) == json.dumps(text), code
 
 
-def test_stamp_milliseconds_truncate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stamp_milliseconds_truncate() -> None:
     clock = logs._Clock()
     for now in (1764151380.0, 1764151380.0009999, 1764151380.999, 1764151380.9999998, 1764151381.5):
-        monkeypatch.setattr(logs, "_time", lambda now=now: now)
-        stamp = clock.stamp()
+        stamp = clock.stamp(now)
         assert stamp.endswith(f".{int((now - int(now)) * 1000):03d}Z"), (now, stamp)
         assert len(stamp) == len("2025-01-01T00:00:00.000Z")
 
@@ -98,23 +98,81 @@ class _CountingStream(io.StringIO):
         self.flushes += 1
 
 
-async def test_lines_in_a_running_loop_are_flushed_together_soon() -> None:
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(logs.FLUSH_DELAY / 2)
+
+
+async def test_request_lines_in_a_running_loop_are_written_together_later() -> None:
     stream = _CountingStream()
     log = Logger("info", "text", stream=stream)
     for i in range(200):
         log.request_started("GET", "h", f"/{i}")
-    assert stream.flushes == 0  # nothing written per line
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while stream.flushes == 0:
-        assert loop.time() < deadline, "no flush"
-        await asyncio.sleep(logs.FLUSH_DELAY / 2)
-    assert stream.flushes == 1  # one flush for the whole batch
+    assert stream.getvalue() == ""  # recorded: not even built on the request's way
+    await _until(lambda: stream.flushes > 0, "no flush")
+    assert stream.flushes == 1  # one write for the whole batch
+    assert stream.getvalue().splitlines()[-1].endswith("path=/199")
     log.info("later")
-    while stream.flushes == 1:
-        assert loop.time() < deadline, "no second flush"
-        await asyncio.sleep(logs.FLUSH_DELAY / 2)
+    await _until(lambda: stream.flushes > 1, "no second flush")
     assert stream.getvalue().count("\n") == 201
+
+
+async def test_a_line_written_now_follows_the_recorded_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    log = Logger("info", "text", stream=out)
+    log.request_started("GET", "h", "/a")
+    monkeypatch.setattr(logs, "_time", lambda: 1764151381.5)  # the flush comes later than the line
+    log.warn("upstream slow")
+    lines = out.getvalue().splitlines()
+    assert [line.split(" msg=")[1] for line in lines] == [
+        '"request started" method=GET host=h path=/a',
+        '"upstream slow"',
+    ]
+    assert lines[0].startswith("time=2025-11-26T10:03:00.250Z")  # when it was logged
+    assert lines[1].startswith("time=2025-11-26T10:03:01.500Z")
+
+
+async def test_steady_logging_is_still_flushed() -> None:
+    """A flush waits for a moment without request lines, but not for ever: FLUSH_MAX_WAITS times."""
+    stream = _CountingStream()
+    log = Logger("info", "text", stream=stream)
+    loop = asyncio.get_running_loop()
+    flushed = loop.create_future()
+    deadline = loop.time() + 5
+
+    def busy() -> None:  # a request line at every loop turn, as under load
+        if stream.flushes:
+            flushed.set_result(None)
+        elif loop.time() > deadline:
+            flushed.set_exception(AssertionError("never flushed while lines kept coming"))
+        else:
+            log.request_started("GET", "h", "/")
+            loop.call_soon(busy)
+
+    busy()
+    await flushed
+    assert log._waits == logs.FLUSH_MAX_WAITS  # it did wait each time, then flushed anyway
+
+
+async def test_later_runs_with_the_flush_in_order() -> None:
+    out = io.StringIO()
+    log = Logger("info", "text", stream=out)
+    seen: list[int] = []
+    log.request_started("GET", "h", "/")
+    log.later(lambda: seen.append(out.getvalue().count("\n")))
+    assert seen == []
+    await _until(lambda: bool(seen), "never ran")
+    assert seen == [1]  # after the line recorded before it
+
+
+def test_later_outside_a_loop_runs_at_once() -> None:
+    log = Logger("info", "text", stream=io.StringIO())
+    seen: list[str] = []
+    log.later(seen.append, "now")
+    assert seen == ["now"]
 
 
 def test_outside_a_loop_each_line_is_flushed_at_once() -> None:

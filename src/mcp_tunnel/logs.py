@@ -1,7 +1,9 @@
 """Structured log lines: one event per line, logfmt-style ``key=value`` text or JSON.
 
-Kept deliberately small because the proxy writes two lines per request on its hot path: a
-level check, one string build and one write. The timestamp's seconds part is cached (it changes
+Kept deliberately small because the proxy writes two lines per request. Inside a running event
+loop those two are not even built on the request's way: the call records its arguments and the
+time, and the line is rendered at the next flush (see `Logger._arm`), in order with every other
+line. The timestamp's seconds part is cached (it changes
 once a second, the lines come thousands of times a second) and plain values are recognised with
 one regex match instead of a per-character loop. The two per-request lines have their own
 methods (`request_started`, `request_completed`) that build the text line with one f-string:
@@ -20,10 +22,16 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
-FLUSH_DELAY = 0.01  # seconds a line may wait in the buffer while the event loop runs
+# While an event loop runs, lines are written (one system call) FLUSH_DELAY after the first of
+# them, unless a request line came in the last FLUSH_BUSY: then the flush waits FLUSH_DELAY more,
+# at most FLUSH_MAX_WAITS times (~10 ms in all under steady load).
+FLUSH_DELAY = 0.002
+FLUSH_BUSY = 0.0005
+FLUSH_MAX_WAITS = 4
 
 # Values made only of these characters are written bare; anything else (spaces, quotes, '=',
 # control or non-ASCII characters) is JSON-quoted so that a line always splits the same way.
@@ -64,8 +72,7 @@ class _Clock:
         self._second = -1
         self._prefix = ""
 
-    def stamp(self) -> str:
-        now = _time()
+    def stamp(self, now: float) -> str:
         second = int(now)
         if second != self._second:
             self._second = second
@@ -81,10 +88,16 @@ class Logger:
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self._clock = _Clock()
         self._flush_pending = False
+        # Work that waits for the flush: (function, arguments), run in order before it.
+        self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._last = 0.0  # when the latest request line was recorded
+        self._waits = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.configure(level, fmt)
 
     def configure(self, level: str, fmt: str) -> None:
         """Set level and format; a config reload calls this, so both apply without a restart."""
+        self._run_pending()  # recorded lines keep the format they were logged under
         self.level = level
         self.format = fmt
         self.threshold = LEVELS[level]
@@ -95,30 +108,36 @@ class Logger:
     def log(self, level: str, msg: str, fields: dict[str, Any]) -> None:
         if LEVELS[level] < self.threshold:
             return
-        stamp = self._clock.stamp()
+        self._write(self._line(_time(), level, msg, fields))
+
+    def _line(self, now: float, level: str, msg: str, fields: dict[str, Any]) -> str:
+        stamp = self._clock.stamp(now)
         if self.json:
             record: dict[str, Any] = {"time": stamp, "level": level, "msg": msg}
             record.update(fields)
-            line = json.dumps(record, default=str)
-        else:
-            line = f"time={stamp} level={level} msg={_logfmt_value(msg)}"
-            if fields:
-                line += " " + " ".join([f"{k}={_logfmt_value(v)}" for k, v in fields.items()])
-        self._write(line + "\n")
+            return json.dumps(record, default=str) + "\n"
+        line = f"time={stamp} level={level} msg={_logfmt_value(msg)}"
+        if fields:
+            line += " " + " ".join([f"{k}={_logfmt_value(v)}" for k, v in fields.items()])
+        return line + "\n"
 
     # --- the two lines of every proxied request (same bytes as `log`, less work) -------------
 
     def request_started(self, method: str, host: str, path: str) -> None:
         """``info("request started", method=..., host=..., path=...)``."""
-        if not self.info_enabled:
-            return
+        if self.info_enabled:
+            now = self._last = _time()
+            self._record(self._started, (now, method, host, path))
+
+    def _started(self, now: float, method: str, host: str, path: str) -> None:
         if self.json:
-            self.log("info", "request started", {"method": method, "host": host, "path": path})
+            fields = {"method": method, "host": host, "path": path}
+            self._put(self._line(now, "info", "request started", fields))
             return
         if not (method and host and path and _BARE(f"{method}{host}{path}")):  # one match for three
             method, host, path = _text(method), _text(host), _text(path)
-        self._write(
-            f'time={self._clock.stamp()} level=info msg="request started"'
+        self._put(
+            f'time={self._clock.stamp(now)} level=info msg="request started"'
             f" method={method} host={host} path={path}\n"
         )
 
@@ -138,8 +157,23 @@ class Logger:
 
         `status`, `duration_ms` and `nbytes` are numbers, written as `str` writes them.
         """
-        if not self.info_enabled:
-            return
+        if self.info_enabled:
+            now = self._last = _time()
+            args = (now, method, host, path, status, duration_ms, nbytes, route, error)
+            self._record(self._completed, args)
+
+    def _completed(
+        self,
+        now: float,
+        method: str,
+        host: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        nbytes: int,
+        route: str,
+        error: str,
+    ) -> None:
         if self.json:
             fields: dict[str, Any] = {
                 "method": method,
@@ -152,46 +186,87 @@ class Logger:
             }
             if error:
                 fields["error"] = error
-            self.log("info", "request completed", fields)
+            self._put(self._line(now, "info", "request completed", fields))
             return
         err = f" error={_text(error)}" if error else ""
         if not (method and host and path and route and _BARE(f"{method}{host}{path}{route}")):
             method, host, path, route = _text(method), _text(host), _text(path), _text(route)
-        self._write(
-            f'time={self._clock.stamp()} level=info msg="request completed" method={method}'
+        self._put(
+            f'time={self._clock.stamp(now)} level=info msg="request completed" method={method}'
             f" host={host} path={path} status={status} duration_ms={duration_ms} bytes={nbytes}"
             f" route={route}{err}\n"
         )
 
+    # --- writing and flushing ------------------------------------------------------------------
+
+    def later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` with the next flush, in order with the lines: bookkeeping nobody
+        waits for (a request's metrics) then costs the request nothing. At once outside a loop."""
+        if self._flush_pending or self._arm():
+            self._pending.append((fn, args))
+        else:
+            fn(*args)
+
+    def _record(self, render: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """A per-request line, rendered with the next flush (at once outside a running loop)."""
+        if self._flush_pending or self._arm():
+            self._pending.append((render, args))
+        else:
+            render(*args)
+            self.flush()
+
     def _write(self, line: str) -> None:
+        """Any other line: written now, after the recorded ones so that the order holds."""
+        if self._pending:
+            self._run_pending()
+        self._put(line)
+        if not (self._flush_pending or self._arm()):
+            self.flush()
+
+    def _put(self, line: str) -> None:
         try:
             self.stream.write(line)
         except (OSError, ValueError):
             return  # a closed or full stderr must never take the proxy down
-        if not self._flush_pending:
-            self._schedule_flush()
 
-    def _schedule_flush(self) -> None:
-        """One flush (one write system call) per `FLUSH_DELAY`, not one per line.
+    def _arm(self) -> bool:
+        """Arm the flush; False outside a running loop, where each line is flushed at once.
 
-        Lines written while the loop runs reach the stream within 10 ms, together: under load
-        that is one write for hundreds of lines, and at a low request rate one write instead of
-        two for a request's pair of lines, off the request's way. A full buffer (64 KiB) is
-        written at once; the proxy flushes on exit. Outside a running loop each line is flushed
-        at once.
+        Why later, and in a moment without requests: what the flush does (rendering the
+        recorded lines, the deferred metrics, one write system call) then runs after the answer
+        went out, not while the next request or a response waits to be read. Under steady load
+        it still runs every ~10 ms (`FLUSH_MAX_WAITS`); a full 64 KiB buffer is written at once;
+        the proxy flushes on exit.
         """
-        if self._flush_pending:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.flush()
-            return
+            return False
         self._flush_pending = True
-        loop.call_later(FLUSH_DELAY, self.flush)
+        self._loop = loop
+        self._waits = 0
+        loop.call_later(FLUSH_DELAY, self._tick)
+        return True
+
+    def _tick(self) -> None:
+        busy = 0.0 <= _time() - self._last < FLUSH_BUSY  # a clock stepped back is not busy
+        if busy and self._waits < FLUSH_MAX_WAITS and self._loop is not None:
+            self._waits += 1
+            self._loop.call_later(FLUSH_DELAY, self._tick)
+            return
+        self.flush()
+
+    def _run_pending(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            for fn, args in pending:
+                fn(*args)
 
     def flush(self) -> None:
+        """Render what is recorded, run what waits for the flush, then write it all out."""
         self._flush_pending = False
+        self._run_pending()
         with contextlib.suppress(OSError, ValueError):
             self.stream.flush()
 
@@ -211,7 +286,7 @@ class Logger:
 
 
 def buffered_stderr() -> TextIO:
-    """stderr without Python's line buffering, for a logger that flushes every `FLUSH_DELAY`.
+    """stderr without Python's line buffering, for a logger that flushes its lines together.
 
     Since Python 3.9 `sys.stderr` flushes at every newline, which would cost the proxy one
     write system call per log line; this wrapper shares file descriptor 2 and is flushed by the

@@ -37,6 +37,7 @@ class RunningProxy:
         return TunnelClient(self.url, client_ssl_context(str(self.pki.ca_file)), **kwargs)
 
     def log_lines(self) -> list[str]:
+        self.server.log.flush()  # per-request lines are rendered at the flush, a few ms later
         return self.logs.getvalue().splitlines()
 
     def log_has(self, phrase: str) -> bool:

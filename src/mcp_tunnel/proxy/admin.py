@@ -70,6 +70,7 @@ class AdminServer:
             if problem is None:
                 return 200, TEXT, b"ready\n"
             return 503, TEXT, f"not ready: {problem}\n".encode()
+        self.proxy.log.flush()  # counts the requests whose metrics wait for the log's flush
         return 200, CONTENT_TYPE_LATEST, self.proxy.metrics.render()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -277,7 +277,9 @@ class ProxyServer:
             self.log.debug("sni differs from host", peer=tunnel.peer, sni=tunnel.sni or "-", host=host)
 
     def request_finished(self, ex: Exchange, seconds: float) -> None:
-        self.metrics.request_finished(ex.route_key, ex.status, seconds)
+        # Counted with the log's next flush, off the way of the answer and of the next request;
+        # a scrape flushes first (`AdminServer.answer`).
+        self.log.later(self.metrics.request_finished, ex.route_key, ex.status, seconds)
 
     def exchange_idle(self, tunnel: TunnelProtocol) -> None:
         if self.draining:
