@@ -3,13 +3,13 @@
 Kept deliberately small because the proxy writes two lines per request. Inside a running event
 loop those two are not even built on the request's way: the call records its arguments and the
 time, and the line is rendered at the next flush (see `Logger._arm`), in order with every other
-line. The timestamp's seconds part is cached (it changes
-once a second, the lines come thousands of times a second) and plain values are recognised with
-one regex match instead of a per-character loop. The two per-request lines have their own
-methods (`request_started`, `request_completed`) that build the text line with one f-string:
-no keyword dict, the constant message pre-quoted, numbers written without a check; the bytes
-are the same as `log` would write. Callers never pass bodies, query strings, ``Authorization``
-or cookies; nothing here inspects values for them.
+line. The timestamp's seconds part is cached (it changes once a second, the lines come
+thousands of times a second) and plain values are recognised with one regex match instead of a
+per-character loop. The two per-request lines have their own methods (`request_started`,
+`request_completed`) that build the text line with one f-string: no keyword dict, the constant
+message pre-quoted, numbers written without a check; the bytes are the same as `log` would
+write. Callers never pass bodies, query strings, ``Authorization`` or cookies; nothing here
+inspects values for them.
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ class Logger:
         Why later, and in a moment without requests: what the flush does (rendering the
         recorded lines, the deferred metrics, one write system call) then runs after the answer
         went out, not while the next request or a response waits to be read. Under steady load
-        it still runs every ~10 ms (`FLUSH_MAX_WAITS`); a full 64 KiB buffer is written at once;
-        the proxy flushes on exit.
+        it still runs every ~10 ms (`FLUSH_MAX_WAITS`), which also bounds what waits; the proxy
+        flushes on exit.
         """
         try:
             loop = asyncio.get_running_loop()
