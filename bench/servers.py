@@ -7,6 +7,7 @@ directory, so the figures are its own /proc numbers and nothing of the harness.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -29,11 +30,13 @@ BIN = Path(sys.executable).parent
 class Process:
     """A child process with stdout and stderr going to `log` (a file, never a pipe to fill)."""
 
-    def __init__(self, argv: list[str], log: Path, *, name: str) -> None:
+    def __init__(self, argv: list[str], log: Path, *, name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = log
         self._out = log.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, close_fds=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=self._out, stderr=subprocess.STDOUT, close_fds=True, env=env
+        )
 
     @property
     def pid(self) -> int:
@@ -129,9 +132,21 @@ def write_proxy_config(
 
 
 def start_proxy(
-    directory: Path, pki: PKI, *, port: int, admin_port: int, upstream_port: int, max_connections: int
+    directory: Path,
+    pki: PKI,
+    *,
+    port: int,
+    admin_port: int,
+    upstream_port: int,
+    max_connections: int,
+    source: Path | None = None,
+    name: str = "mcp-tunnel",
 ) -> Process:
-    """`mcp-tunnel proxy -config FILE`, its stderr (the log lines) redirected to proxy.log."""
+    """`mcp-tunnel proxy -config FILE`, its stderr (the log lines) redirected to proxy.log.
+
+    `source` is a directory holding another `mcp_tunnel` package (another checkout's `src`),
+    put first on the proxy's PYTHONPATH: `bench.ab` compares versions side by side this way.
+    """
     config = write_proxy_config(
         directory,
         pki,
@@ -140,8 +155,10 @@ def start_proxy(
         upstream_port=upstream_port,
         max_connections=max_connections,
     )
-    proc = Process(
-        [str(BIN / "mcp-tunnel"), "proxy", "-config", str(config)], directory / "proxy.log", name="mcp-tunnel"
-    )
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+    argv = [str(BIN / "mcp-tunnel"), "proxy", "-config", str(config)]
+    proc = Process(argv, directory / "proxy.log", name=name, env=env)
     wait_listening(proc, port)
     return proc

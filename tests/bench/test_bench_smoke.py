@@ -2,7 +2,8 @@
 
 It starts every server (upstream, nginx plain and TLS, the proxy as a user runs it) and runs
 every figure against every target; nothing here looks at timings, only that each figure was
-produced and the JSON of the raw rounds is well-formed.
+produced and the JSON of the raw rounds is well-formed. The side-by-side tool (`bench.ab`) gets
+the same treatment.
 """
 
 from __future__ import annotations
@@ -48,3 +49,31 @@ def test_quick_run_produces_every_figure_for_every_target(tmp_path: Path) -> Non
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(TABLE_ROWS)  # header + one line per figure
     assert str(out) in proc.stdout
+
+
+def test_ab_runs_two_versions_side_by_side() -> None:
+    """`python -m bench.ab` with two copies of this checkout's source: a row for each target."""
+    args = ["--tree", "a=src", "--tree", "b=src", "--seconds", "0", "--block", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.ab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row[0].strip("| ") for row in rows] == ["direct", "nginx-tls", "a", "b"]
+    assert all(row[1] == "3" for row in rows)  # one turn each
+
+
+def test_ab_refuses_a_tree_without_the_package(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "--tree", f"x={tmp_path}", "--seconds", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "does not provide mcp_tunnel" in proc.stderr

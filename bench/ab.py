@@ -1,0 +1,207 @@
+"""`python -m bench.ab`: latency at a low fixed rate, versions of the proxy side by side.
+
+Why it exists: between rounds of `python -m bench` this machine drifts by +-0.1 ms at 100 req/s,
+which hides a change worth 20-50 us. Here every target gets a block of requests in turn, all
+through one run, so each shares the machine's slow and fast moments with the others; two copies
+of the same proxy came out within 0.01 ms of each other over 60 s. The proxies are versions of
+mcp-tunnel (a git revision or another checkout's `src`), each started as a user runs it, beside
+the direct connection and nginx terminating TLS for reference. Timings only; nothing asserts.
+
+    python -m bench.ab --rev before=HEAD~1 --rev after=HEAD --seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.clients import Conn, HTTPTarget, Target, TunnelTarget, https_context, request_bytes
+from bench.nginx import nginx_binary, start_nginx
+from bench.procstat import cpu_seconds
+from bench.servers import HOST, Process, free_port, make_pki, start_proxy, start_upstream
+from bench.upstream import SMALL_BODY
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNS = 4  # per target, used in turn: a request never waits for another
+
+
+@dataclass
+class Entry:
+    name: str
+    target: Target
+    conns: list[Conn] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--rev", action="append", default=[], metavar="NAME=REV", help="a git revision of this repo")
+    add("--tree", action="append", default=[], metavar="NAME=DIR", help="a directory holding mcp_tunnel")
+    add("--seconds", type=float, default=120.0, help="length of the run (default 120)")
+    add("--rps", type=float, default=100.0, help="requests per second (default 100)")
+    add("--block", type=int, default=50, help="requests per turn of a target (default 50)")
+    add("--no-nginx", action="store_true", help="leave nginx TLS out")
+    return p
+
+
+def _named(values: list[str], what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise SystemExit(f"python -m bench.ab: {what} must be NAME=VALUE, got {value!r}")
+        pairs.append((name, rest))
+    return pairs
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(into), rev],
+        check=True,
+        capture_output=True,
+    )
+    return into / "src"
+
+
+def _check_source(source: Path) -> None:
+    """The proxy started with `source` first on its path really imports mcp_tunnel from there."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import mcp_tunnel; print(mcp_tunnel.__file__)"],
+        env={"PYTHONPATH": str(source)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(source.resolve()):
+        raise SystemExit(f"python -m bench.ab: {source} does not provide mcp_tunnel (got {found})")
+
+
+async def _turn(entry: Entry, raw: bytes, count: int, interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    cpu0 = cpu_seconds(entry.target.pid)
+    start = loop.time() + interval
+    for i in range(count):
+        delay = start + i * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t0 = time.perf_counter()
+        await entry.conns[i % CONNS].exchange(raw)
+        entry.samples.append(time.perf_counter() - t0)
+    entry.cpu += cpu_seconds(entry.target.pid) - cpu0
+
+
+def _pct(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def _table(entries: list[Entry]) -> list[str]:
+    direct = entries[0]
+    lines = [
+        "| target | requests | p50 ms | p90 ms | p99 ms | p50 added | p99 added | CPU per request us |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in entries:
+        p50, p90, p99 = (_pct(e.samples, p) * 1e3 for p in (50, 90, 99))
+        added = "" if e is direct else f"+{p50 - _pct(direct.samples, 50) * 1e3:.3f}"
+        added99 = "" if e is direct else f"+{p99 - _pct(direct.samples, 99) * 1e3:.3f}"
+        cpu = e.cpu / len(e.samples) * 1e6
+        cells = [e.name, str(len(e.samples)), f"{p50:.3f}", f"{p90:.3f}", f"{p99:.3f}", added, added99]
+        lines.append("| " + " | ".join([*cells, f"{cpu:.0f}"]) + " |")
+    return lines
+
+
+async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Path | None]]) -> list[str]:
+    pki = make_pki(work / "pki")
+    procs: list[Process] = []
+    try:
+        up_port = free_port()
+        upstream = start_upstream(work / "upstream", up_port)
+        procs.append(upstream)
+        entries = [Entry("direct", HTTPTarget("direct", upstream.pid, up_port))]
+        if not args.no_nginx:
+            port = free_port()
+            tls = (pki.cert_file, pki.key_file)
+            nginx = start_nginx(work / "nginx-tls", port=port, upstream_port=up_port, connections=64, tls=tls)
+            procs.append(nginx)
+            ctx = https_context(str(pki.ca_file))
+            target = HTTPTarget("nginx-tls", nginx.pid, port, ssl_context=ctx, host=HOST)
+            entries.append(Entry("nginx-tls", target))
+        for name, source in sources:
+            port = free_port()
+            proxy = start_proxy(
+                work / f"proxy-{name}",
+                pki,
+                port=port,
+                admin_port=free_port(),
+                upstream_port=up_port,
+                max_connections=64,
+                source=source,
+                name=name,
+            )
+            procs.append(proxy)
+            tunnel = TunnelTarget(name, proxy.pid, port, ca_file=str(pki.ca_file), host=HOST)
+            entries.append(Entry(name, tunnel))
+        raw = request_bytes("POST", "/small", HOST, SMALL_BODY)
+        for e in entries:  # warm: connections open, pools and lazy imports filled
+            e.conns = [await e.target.connect() for _ in range(CONNS)]
+            for conn in e.conns * 20:
+                await conn.exchange(raw)
+        deadline = time.monotonic() + args.seconds
+        turn = 0
+        while time.monotonic() < deadline or turn < len(entries):
+            await _turn(entries[turn % len(entries)], raw, args.block, 1.0 / args.rps)
+            turn += 1
+        for e in entries:
+            for conn in e.conns:
+                await conn.close()
+        return _table(entries)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.no_nginx:
+        nginx_binary()  # a clear error now if nginx is missing
+    work = Path(tempfile.mkdtemp(prefix="mcp-tunnel-ab-"))
+    checkouts: list[Path] = []
+    try:
+        sources: list[tuple[str, Path | None]] = []
+        for name, rev in _named(args.rev, "--rev"):
+            into = work / f"rev-{name}"
+            checkouts.append(into)
+            sources.append((name, _checkout(rev, into)))
+        sources += [(name, Path(d).resolve()) for name, d in _named(args.tree, "--tree")]
+        for _, source in sources:
+            assert source is not None
+            _check_source(source)
+        if not sources:
+            sources = [("mcp-tunnel", None)]  # the installed proxy
+        started = time.monotonic()
+        lines = asyncio.run(run(args, work, sources))
+    finally:
+        for into in checkouts:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(into)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(lines))
+    print(
+        f"\n{args.rps:g} req/s in turns of {args.block} per target for {time.monotonic() - started:.0f} s;"
+        " 'added' is over direct's same percentile. CPU: the target's own utime+stime (the"
+        " upstream's for direct)."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
