@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from mcp_tunnel import logs
 from mcp_tunnel.logs import Logger
 from support.ops import Stack, start_stack
 from support.pki import PKI
+from support.proxy import start_proxy
 from support.upstreams import Received, RecordingUpstream
 
 HOST = "echo.tunnel.test"
@@ -131,6 +133,21 @@ async def test_fixed_phrases(tmp: Path, pki: PKI, upstream: RecordingUpstream) -
 
 
 # --- the Logger itself ------------------------------------------------------------------------
+
+
+async def test_stop_writes_what_waits_for_the_flush(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request lines are rendered at the log's flush; stopping the server must not lose them."""
+    monkeypatch.setattr(logs, "FLUSH_DELAY", 3600.0)  # no flush but the one `stop` does
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    conn = await proxy.client().connect(pki.host("echo"))
+    resp = await conn.request("GET", "/a", host=pki.host("echo"))
+    await resp.read()
+    await conn.close()
+    await proxy.stop()
+    text = proxy.logs.getvalue()  # read directly: `log_lines` would flush first
+    assert 'msg="request completed" method=GET host=echo.tunnel.test path=/a status=200' in text
 
 
 def test_text_quoting_and_json() -> None:

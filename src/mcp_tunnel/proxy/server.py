@@ -213,6 +213,7 @@ class ProxyServer:
             task.cancel()
         if self.admin is not None:
             await self.admin.stop()
+        self.log.flush()  # the lines and metrics still waiting for the flush (`Logger.later`)
 
     async def _wait_change(self, deadline: float) -> bool:
         """Wait for a tunnel to close or go idle; False once the loop time `deadline` has passed."""
