@@ -157,7 +157,8 @@ def start_proxy(
     )
     env = None
     if source is not None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+        paths = [str(source), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     argv = [str(BIN / "mcp-tunnel"), "proxy", "-config", str(config)]
     proc = Process(argv, directory / "proxy.log", name=name, env=env)
     wait_listening(proc, port)

@@ -132,9 +132,6 @@ async def test_fixed_phrases(tmp: Path, pki: PKI, upstream: RecordingUpstream) -
         stack.proc.stop()
 
 
-# --- the Logger itself ------------------------------------------------------------------------
-
-
 async def test_stop_writes_what_waits_for_the_flush(
     tmp: Path, pki: PKI, upstream: RecordingUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,6 +145,9 @@ async def test_stop_writes_what_waits_for_the_flush(
     await proxy.stop()
     text = proxy.logs.getvalue()  # read directly: `log_lines` would flush first
     assert 'msg="request completed" method=GET host=echo.tunnel.test path=/a status=200' in text
+
+
+# --- the Logger itself ------------------------------------------------------------------------
 
 
 def test_text_quoting_and_json() -> None:
