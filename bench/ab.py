@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.clients import Conn, HTTPTarget, Target, TunnelTarget, https_context, request_bytes
 from bench.nginx import nginx_binary, start_nginx
+from bench.phases import open_conns, percentile
 from bench.procstat import cpu_seconds
 from bench.servers import HOST, Process, free_port, make_pki, start_proxy, start_upstream
 from bench.upstream import SMALL_BODY
@@ -99,21 +100,20 @@ async def _turn(entry: Entry, raw: bytes, count: int, interval: float) -> None:
     entry.cpu += cpu_seconds(entry.target.pid) - cpu0
 
 
-def _pct(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
-
-
 def _table(entries: list[Entry]) -> list[str]:
-    direct = entries[0]
     lines = [
         "| target | requests | p50 ms | p90 ms | p99 ms | p50 added | p99 added | CPU per request us |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for e in entries:
-        p50, p90, p99 = (_pct(e.samples, p) * 1e3 for p in (50, 90, 99))
-        added = "" if e is direct else f"+{p50 - _pct(direct.samples, 50) * 1e3:.3f}"
-        added99 = "" if e is direct else f"+{p99 - _pct(direct.samples, 99) * 1e3:.3f}"
+    base50 = base99 = 0.0
+    for e in entries:  # direct first: the others' "added" is over its percentiles
+        ms = sorted(x * 1e3 for x in e.samples)
+        p50, p90, p99 = (percentile(ms, p) for p in (50, 90, 99))
+        added = added99 = ""
+        if e is entries[0]:
+            base50, base99 = p50, p99
+        else:
+            added, added99 = f"+{p50 - base50:.3f}", f"+{p99 - base99:.3f}"
         cpu = e.cpu / len(e.samples) * 1e6
         cells = [e.name, str(len(e.samples)), f"{p50:.3f}", f"{p90:.3f}", f"{p99:.3f}", added, added99]
         lines.append("| " + " | ".join([*cells, f"{cpu:.0f}"]) + " |")
@@ -153,7 +153,7 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
             entries.append(Entry(name, tunnel))
         raw = request_bytes("POST", "/small", HOST, SMALL_BODY)
         for e in entries:  # warm: connections open, pools and lazy imports filled
-            e.conns = [await e.target.connect() for _ in range(CONNS)]
+            e.conns = await open_conns(e.target, CONNS)
             for conn in e.conns * 20:
                 await conn.exchange(raw)
         deadline = time.monotonic() + args.seconds

@@ -298,16 +298,16 @@ async def latency(target: Target, s: Settings, upstream_pid: int) -> Result:
         "skipped_all_busy": busy,
         "rate_per_s": s.latency_rps,
         **_cpu_fields(target, wall, cpu),
-        "p50_ms": _percentile(ms, 50),
-        "p99_ms": _percentile(ms, 99),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
         "max_ms": ms[-1],
-        "value": _percentile(ms, 50),
+        "value": percentile(ms, 50),
         "unit": "ms (p50)",
     }
 
 
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (`bench.ab` reports the same)."""
     rank = max(1, -(-len(sorted_values) * pct // 100))
     return sorted_values[int(rank) - 1]
 
