@@ -92,7 +92,6 @@ class Logger:
         self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._last = 0.0  # when the latest request line was recorded
         self._waits = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.configure(level, fmt)
 
     def configure(self, level: str, fmt: str) -> None:
@@ -127,7 +126,7 @@ class Logger:
         """``info("request started", method=..., host=..., path=...)``."""
         if self.info_enabled:
             now = self._last = _time()
-            self._record(self._started, (now, method, host, path))
+            self.later(self._started, now, method, host, path)
 
     def _started(self, now: float, method: str, host: str, path: str) -> None:
         if self.json:
@@ -159,8 +158,7 @@ class Logger:
         """
         if self.info_enabled:
             now = self._last = _time()
-            args = (now, method, host, path, status, duration_ms, nbytes, route, error)
-            self._record(self._completed, args)
+            self.later(self._completed, now, method, host, path, status, duration_ms, nbytes, route, error)
 
     def _completed(
         self,
@@ -200,19 +198,13 @@ class Logger:
     # --- writing and flushing ------------------------------------------------------------------
 
     def later(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run `fn(*args)` with the next flush, in order with the lines: bookkeeping nobody
-        waits for (a request's metrics) then costs the request nothing. At once outside a loop."""
+        """Run `fn(*args)` with the next flush, in order with the lines: the rendering of a
+        request's lines, bookkeeping nobody waits for (its metrics). Outside a running loop, at
+        once, then flushed."""
         if self._flush_pending or self._arm():
             self._pending.append((fn, args))
         else:
             fn(*args)
-
-    def _record(self, render: Callable[..., None], args: tuple[Any, ...]) -> None:
-        """A per-request line, rendered with the next flush (at once outside a running loop)."""
-        if self._flush_pending or self._arm():
-            self._pending.append((render, args))
-        else:
-            render(*args)
             self.flush()
 
     def _write(self, line: str) -> None:
@@ -243,16 +235,15 @@ class Logger:
         except RuntimeError:
             return False
         self._flush_pending = True
-        self._loop = loop
         self._waits = 0
         loop.call_later(FLUSH_DELAY, self._tick)
         return True
 
     def _tick(self) -> None:
         busy = 0.0 <= _time() - self._last < FLUSH_BUSY  # a clock stepped back is not busy
-        if busy and self._waits < FLUSH_MAX_WAITS and self._loop is not None:
+        if busy and self._waits < FLUSH_MAX_WAITS:
             self._waits += 1
-            self._loop.call_later(FLUSH_DELAY, self._tick)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self._tick)  # a timer runs in its loop
             return
         self.flush()
 
