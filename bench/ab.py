@@ -65,11 +65,14 @@ def _named(values: list[str], what: str) -> list[tuple[str, str]]:
 
 
 def _checkout(rev: str, into: Path) -> Path:
-    subprocess.run(
+    done = subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(into), rev],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise SystemExit(f"python -m bench.ab: cannot check out {rev!r}: {why}")
     return into / "src"
 
 
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         sources: list[tuple[str, Path | None]] = []
         for name, rev in _named(args.rev, "--rev"):
             into = work / f"rev-{name}"
-            checkouts.append(into)
             sources.append((name, _checkout(rev, into)))
+            checkouts.append(into)
         sources += [(name, Path(d).resolve()) for name, d in _named(args.tree, "--tree")]
         for _, source in sources:
             assert source is not None

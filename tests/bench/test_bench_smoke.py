@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["direct", "nginx", "nginx-tls", "mcp-tunnel"]
 FIGURES = ["small", "download", "sse", "latency", "new", "idle"]
@@ -67,13 +69,23 @@ def test_ab_runs_two_versions_side_by_side() -> None:
     assert all(row[1] == "3" for row in rows)  # one turn each
 
 
-def test_ab_refuses_a_tree_without_the_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tree", "{tmp}"], "--tree must be NAME=VALUE, got"),
+        (["--tree", "x={tmp}"], "does not provide mcp_tunnel"),
+        (["--rev", "x=no-such-revision-here"], "cannot check out 'no-such-revision-here'"),
+    ],
+)
+def test_ab_refuses_bad_versions_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    argv = [arg.format(tmp=tmp_path) for arg in args]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.ab", "--tree", f"x={tmp_path}", "--seconds", "0"],
+        [sys.executable, "-m", "bench.ab", *argv, "--seconds", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode != 0
-    assert "does not provide mcp_tunnel" in proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no traceback
