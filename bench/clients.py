@@ -1,10 +1,15 @@
 """One small client interface over the four ways in: direct, nginx, nginx+TLS, the tunnel.
 
 Every target gets the same prebuilt request bytes and the same accounting; only the transport
-differs. The plain and TLS clients are a bare asyncio protocol with httptools (no per-request
-objects beyond a future); the tunnel client is the product's own `TunnelClient` (an asyncio
-protocol of its own: WebSocket frames + the in-memory TLS session), as Anthropic's side would
-be played in tests.
+differs. The plain and HTTPS clients are a bare asyncio protocol with httptools (no per-request
+objects beyond a future), HTTPS with the same in-memory TLS session (`TLSSession`) the tunnel
+client uses; the tunnel client is the product's own `TunnelClient` (an asyncio protocol of its
+own: WebSocket frames + the in-memory TLS session), as Anthropic's side would be played in tests.
+
+Each exchange also notes when the request's bytes went into the socket (`sent_at`) and when the
+bytes that completed the response came out of it (`arrived_at`): the time on the wire, which
+leaves out the client's own TLS, framing and parsing. In production that side is the tunnel
+edge, not this Python client, so the latency a proxy adds is measured there (SSE events too).
 The client runs in the harness process and competes with the servers for the two cores: the
 figures are the servers' own CPU, and ratios measured side by side are the point.
 """
@@ -13,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import httptools
 
 from mcp_tunnel.client import TunnelClient, TunnelConnection, client_ssl_context
+from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
 
-Sink = Callable[[bytes], None]
+Sink = Callable[[bytes, float], None]  # a body piece and when the bytes holding it arrived
 
 
 class BenchError(Exception):
@@ -37,6 +44,9 @@ def request_bytes(method: str, path: str, host: str, body: bytes = b"") -> bytes
 
 class Conn(ABC):
     """One keep-alive connection; exchanges run one after another."""
+
+    sent_at = 0.0  # perf_counter just before the last request's bytes went into the socket
+    arrived_at = 0.0  # perf_counter when the bytes completing the last response came out of it
 
     @abstractmethod
     async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
@@ -68,13 +78,16 @@ class Target(ABC):
 
 
 class _HTTPProtocol(asyncio.Protocol):
-    """httptools callbacks straight into counters; one future per exchange."""
+    """httptools callbacks straight into counters; one future per exchange; TLS in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TLSSession | None) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.tls = tls
         self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiter: asyncio.Future[int] | None = None
         self.sink: Sink | None = None
+        self.arrived_at = 0.0
         self.size = 0
         self.status = 0
         self.lost = False
@@ -82,10 +95,41 @@ class _HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.tls is None:
+            self.ready.set_result(None)
+            return
+        self.tls.start_handshake()
+        transport.write(self.tls.outgoing())
+
+    def send(self, raw: bytes) -> float:
+        """Write `raw` (encrypted first over TLS); returns when it went into the socket."""
+        assert self.transport is not None
+        if self.tls is not None:
+            self.tls.send(raw)
+            raw = self.tls.outgoing()
+        sent_at = time.perf_counter()
+        self.transport.write(raw)
+        return sent_at
 
     def data_received(self, data: bytes) -> None:
+        self.arrived_at = time.perf_counter()
+        tls = self.tls
         try:
-            self.parser.feed_data(data)
+            if tls is not None:
+                data = tls.receive(data)
+                out = tls.outgoing()
+                if out and self.transport is not None:
+                    self.transport.write(out)
+                if not tls.handshake_done:
+                    return
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            if data:
+                self.parser.feed_data(data)
+        except TLSHandshakeError as exc:
+            self._fail(BenchError(f"TLS handshake failed: {exc.reason}"))
+        except ssl.SSLError as exc:
+            self._fail(BenchError(f"TLS error: {exc}"))
         except httptools.HttpParserError as exc:
             self._fail(BenchError(f"invalid HTTP response: {exc}"))
 
@@ -94,8 +138,9 @@ class _HTTPProtocol(asyncio.Protocol):
         self._fail(BenchError("connection closed before the response ended"))
 
     def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+        for fut in (self.ready, self.waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -103,7 +148,7 @@ class _HTTPProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.sink is not None:
-            self.sink(body)
+            self.sink(body, self.arrived_at)
 
     def on_message_complete(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -123,13 +168,18 @@ class HTTPConn(Conn):
         proto.sink = sink
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         proto.waiter = waiter
-        self.transport.write(raw)
+        self.sent_at = proto.send(raw)
         size = await waiter
+        self.arrived_at = proto.arrived_at
         if proto.status != 200:
             raise BenchError(f"HTTP {proto.status}")
         return size
 
     async def close(self) -> None:
+        tls = self.proto.tls
+        if tls is not None and not self.transport.is_closing():
+            tls.close()
+            self.transport.write(tls.outgoing())
         self.transport.close()
 
     def abort(self) -> None:
@@ -149,14 +199,19 @@ class HTTPTarget(Target):
 
     async def connect(self) -> Conn:
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_connection(
-            _HTTPProtocol,
-            "127.0.0.1",
-            self.port,
-            ssl=self.ssl_context,
-            server_hostname=self.host if self.ssl_context else None,
-        )
+        ctx = self.ssl_context
+
+        def protocol() -> _HTTPProtocol:
+            tls = None if ctx is None else TLSSession(ctx, server_side=False, server_hostname=self.host)
+            return _HTTPProtocol(tls)
+
+        transport, proto = await loop.create_connection(protocol, "127.0.0.1", self.port)
         assert isinstance(transport, asyncio.Transport)
+        try:
+            await proto.ready
+        except BaseException:
+            transport.abort()
+            raise
         return HTTPConn(transport, proto)
 
 
@@ -175,6 +230,7 @@ class TunnelConn(Conn):
     async def exchange(self, raw: bytes, sink: Sink | None = None) -> int:
         conn = self.conn
         await conn.send_raw(raw)
+        self.sent_at = conn.last_write_at
         resp = await conn.read_response()
         if resp.status != 200:
             raise BenchError(f"HTTP {resp.status}")
@@ -182,7 +238,8 @@ class TunnelConn(Conn):
         async for piece in resp.iter_body():
             size += len(piece)
             if sink is not None:
-                sink(piece)
+                sink(piece, conn.last_read_at)
+        self.arrived_at = conn.last_read_at
         return size
 
     async def close(self) -> None:

@@ -19,7 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["direct", "nginx", "nginx-tls", "mcp-tunnel"]
 FIGURES = ["small", "download", "sse", "latency", "new", "idle"]
-TABLE_ROWS = ["small", "download", "sse", "latency.p50", "latency.p99", "new", "idle"]
+TABLE_ROWS = [
+    *("small", "download", "sse", "latency.p50", "latency.p99", "new", "idle"),
+    *("sse.e2e", "latency.e2e_p50", "latency.e2e_p99"),  # the same with the client's work included
+]
 
 
 def test_quick_run_produces_every_figure_for_every_target(tmp_path: Path) -> None:

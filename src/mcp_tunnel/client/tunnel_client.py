@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -181,6 +182,11 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self.timeout = timeout
         self.busy = False
         self.close_reason = ""  # the reason in the proxy's close frame
+        # `time.perf_counter()` just before the last data message went into the socket and when
+        # bytes last came out of it: a request's time on the wire, without this client's own
+        # TLS, framing and parsing (the benchmark's latency figures).
+        self.last_write_at = 0.0
+        self.last_read_at = 0.0
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._buffer = _read_buffer()
@@ -241,6 +247,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_read_at = time.perf_counter()
         self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
@@ -467,11 +474,13 @@ class TunnelConnection(asyncio.BufferedProtocol):
             raise TunnelClientError("websocket", "websocket closed while sending")
         step = (self.max_message or MESSAGE_SIZE) if split else len(data)
         if len(data) <= step:
-            transport.write(encode_frame(BINARY, data, mask=True))
+            frame = encode_frame(BINARY, data, mask=True)
+            self.last_write_at = time.perf_counter()
+            transport.write(frame)
         else:
-            transport.writelines(
-                [encode_frame(BINARY, data[i : i + step], mask=True) for i in range(0, len(data), step)]
-            )
+            frames = [encode_frame(BINARY, data[i : i + step], mask=True) for i in range(0, len(data), step)]
+            self.last_write_at = time.perf_counter()
+            transport.writelines(frames)
 
     async def _drain(self) -> None:
         while self._write_paused:
