@@ -22,16 +22,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY docker/requirements.build.txt docker/requirements.image.txt /tmp/lock/
-# Build tools (the setuptools backend) live in their own venv and never ship.
-RUN python -m venv /opt/build \
+# Build tools (the setuptools backend, mypy whose mypyc compiles the request path, and a C
+# compiler for it) live in this stage only and never ship.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes --no-deps --only-binary=:all: \
         -r /tmp/lock/requirements.build.txt \
  && python -m venv /opt/mcp-tunnel \
  && /opt/mcp-tunnel/bin/pip install --require-hashes --no-deps --only-binary=:all: \
         -r /tmp/lock/requirements.image.txt
-COPY pyproject.toml README.md* /src/
+COPY pyproject.toml setup.py README.md* /src/
 COPY src /src/src
-# The project itself: built offline with the pinned backend, installed without touching the
+# The project itself: built offline with the pinned backend (its hot modules compiled to C
+# extensions, which need only the C library at run time), installed without touching the
 # index, then pip and setuptools leave the runtime venv. Bytecode is compiled now, because the
 # root filesystem is read-only at run time.
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-index -w /tmp/wheels /src \

@@ -8,6 +8,9 @@ mcp-tunnel (a git revision or another checkout's `src`), each started as a user 
 the direct connection and nginx terminating TLS for reference. Timings only; nothing asserts.
 
     python -m bench.ab --rev before=HEAD~1 --rev after=HEAD --seconds 120
+
+A revision is built as `./dev build` builds the checkout (its request path compiled, if it has a
+setup.py); a `--tree` runs as it is.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def _checkout(rev: str, into: Path) -> Path:
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["git failed"])[-1]
         raise SystemExit(f"python -m bench.ab: cannot check out {rev!r}: {why}")
+    if (into / "setup.py").is_file():  # built as ./dev builds this checkout: compiled where it can be
+        build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+        built = subprocess.run(build, cwd=into, capture_output=True, text=True)
+        if built.returncode != 0:
+            why = (built.stderr.strip().splitlines() or ["setup.py failed"])[-1]
+            raise SystemExit(f"python -m bench.ab: cannot build {rev!r}: {why}")
     return into / "src"
 
 

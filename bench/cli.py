@@ -31,6 +31,7 @@ from bench.clients import HTTPTarget, Target, TunnelTarget, https_context
 from bench.nginx import nginx_version, start_nginx
 from bench.phases import Settings
 from bench.servers import HOST, PKI, Process, free_port, make_pki, start_proxy, start_upstream
+from mcp_tunnel.native import MODULES, compiled_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 Phase = Callable[[Target, Settings, int], Awaitable[dict[str, Any]]]
@@ -240,6 +241,8 @@ def machine() -> dict[str, Any]:
         "openssl": ssl.OPENSSL_VERSION,
         "nginx": nginx_version(),
         "git_commit": commit,
+        # the proxy runs this checkout: its request path compiled by mypyc, or pure Python
+        "proxy_compiled_modules": f"{len(compiled_modules())}/{len(MODULES)}",
     }
 
 

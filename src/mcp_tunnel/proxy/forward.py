@@ -72,6 +72,7 @@ class ResponseRelay:
         "replayable",
         "tunnel",
     )
+    __deletable__ = ("parser",)  # mypyc: `detach` deletes it (compiled classes forbid del otherwise)
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from mcp_tunnel.config import UpstreamSettings
 from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
@@ -29,19 +29,19 @@ POOL_MAX_IDLE_PER_UPSTREAM = 64
 class UpstreamDNSError(UpstreamUnreachable):
     """The upstream's name did not resolve (fail closed)."""
 
-    refusal = "dns"
+    refusal: ClassVar[str] = "dns"
 
 
 class UpstreamConnectError(UpstreamUnreachable):
     """No vetted address accepted the connection."""
 
-    refusal = "connect"
+    refusal: ClassVar[str] = "connect"
 
 
 class UpstreamTLSError(UpstreamUnreachable):
     """The TLS handshake with an https upstream failed (or it has no trust anchors)."""
 
-    refusal = "tls"
+    refusal: ClassVar[str] = "tls"
 
 
 class Resolver(Protocol):

@@ -1,0 +1,45 @@
+"""Build: the proxy's request-path modules compiled with mypyc, or pure Python where that is not possible.
+
+Everything else about the package is in pyproject.toml. `MCP_TUNNEL_PURE=1` skips compiling;
+without a C compiler or Python's headers the build says so and installs pure Python, which
+behaves the same, only slower (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def native_extensions() -> list[Any]:
+    if os.environ.get("MCP_TUNNEL_PURE", "") not in ("", "0"):
+        return []
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which(compiler) is None or not headers.is_file():
+        missing = "a C compiler" if shutil.which(compiler) is None else f"Python's headers ({headers})"
+        print(f"warning: mcp-tunnel builds as pure Python: {missing} not found", file=sys.stderr)
+        return []
+    from mypyc.build import mypycify
+
+    modules = runpy.run_path(str(HERE / "src/mcp_tunnel/native.py"))["MODULES"]
+    os.chdir(HERE)  # the C goes under build/
+    # Type checking is `mypy`'s job in the tests; here mypyc only needs the types, and an isolated
+    # build has none of the runtime dependencies installed: their types are then Any.
+    config = HERE / "build" / "mypyc.ini"  # not pyproject.toml's strict settings
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("[mypy]\nignore_missing_imports = True\n")
+    options = ["--config-file", str(config), "--python-version", "3.11"]
+    return mypycify([*options, *(f"src/{name.replace('.', '/')}.py" for name in modules)], opt_level="3")
+
+
+setup(ext_modules=native_extensions())
