@@ -18,4 +18,5 @@ def test_every_listed_module_is_a_source_file() -> None:
 def test_the_checkout_runs_what_an_install_runs() -> None:
     """./dev builds the list compiled; MCP_TUNNEL_PURE=1 runs it all as Python."""
     pure = os.environ.get("MCP_TUNNEL_PURE", "") not in ("", "0")
-    assert compiled_modules() == ([] if pure else list(MODULES))
+    expected = [] if pure else list(MODULES)
+    assert compiled_modules() == expected, "run ./dev build (MCP_TUNNEL_PURE=1 tests pure Python)"
