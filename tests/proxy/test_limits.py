@@ -196,39 +196,6 @@ async def test_a_request_still_waiting_for_its_answer_is_logged_as_started(tmp: 
     await upstream.close()
 
 
-async def test_a_streamed_answer_is_logged_as_started_while_it_streams(tmp: Path, pki: PKI) -> None:
-    """A whole answer gets its "request started" line as the exchange ends; a streamed one
-    (SSE) as soon as it starts, not when the stream ends."""
-    more = asyncio.Event()
-
-    async def stream(req: Received, writer: asyncio.StreamWriter) -> None:
-        if req.target == "/warm":
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            return
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
-        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
-        writer.write(b"7\r\ndata: 1\r\n")
-        await writer.drain()
-        await more.wait()
-        writer.write(b"0\r\n\r\n")
-
-    upstream = await RecordingUpstream(stream).start()
-    stack = start_stack(tmp, pki, _routes(upstream))
-    with stack.proc:
-        conn = await stack.client().connect(HOST)
-        assert (await (await conn.request("GET", "/warm", host=HOST)).read()) == b""
-        resp = await conn.request("GET", "/events", host=HOST)
-        assert resp.status == 200
-        line = await stack.wait_log('msg="request started"', 2, timeout=5.0)
-        assert "path=/events" in line and stack.log().count("request completed") == 1
-        more.set()
-        assert await resp.read() == b"data: 1"
-        await stack.wait_log("request completed", 2)
-        await conn.close()
-        assert stack.proc.stop() == 0
-    await upstream.close()
-
-
 async def test_header_and_body_size_limits(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     stack = start_stack(tmp, pki, _routes(upstream), limits={"max_header_bytes": 2048, "max_body_bytes": 16})
     with stack.proc:

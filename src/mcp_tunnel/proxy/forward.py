@@ -88,7 +88,7 @@ class ResponseRelay:
         started: Callable[[Exchange], None],
     ) -> None:
         assert ex.head is not None
-        self.started = started  # writes the "request started" line when a streamed answer starts
+        self.started = started  # writes the "request started" line once the answer has gone out
         self.deadline = deadline  # loop time by which the response head must have arrived
         self.parser = httptools.HttpResponseParser(self)
         self.tunnel = tunnel
@@ -181,8 +181,8 @@ class ResponseRelay:
         if self.out:
             tunnel.send_plain(self.out[0] if len(self.out) == 1 else b"".join(self.out))
             self.out.clear()
-            if not self.complete and not self.ex.logged_start:
-                self.started(self.ex)  # a streamed answer; a whole one gets it as the task ends
+            if not self.ex.logged_start:
+                self.started(self.ex)
         if self.complete:
             if not self.done.done():
                 self.done.set_result(self.keep_alive and self.method != "HEAD")
@@ -290,12 +290,12 @@ class Forwarder:
         """The "request started" line, once per exchange and before any other line about it,
         stamped with the time the request arrived.
 
-        On the usual path it is written as the exchange ends, or once the start of a streamed
-        answer has gone to the tunnel: written after the upstream write it delayed reading the
-        answer (22-36 us at p50 at 100 req/s, docs/performance.md). A request still waiting for
-        its answer gets it from the periodic check of waiting responses (within a second); a
-        line about the request written earlier (no route, IP policy, SNI, connecting) is
-        preceded by it.
+        On the usual path it is written once the start of the answer has gone to the tunnel:
+        written after the upstream write it delayed reading the answer (36 us at p50 at 100
+        req/s, docs/performance.md). A request still waiting for its answer gets it from the
+        periodic check of waiting responses (within a second); a line about the request written
+        earlier (no route, IP policy, SNI, connecting) is preceded by it, and an exchange
+        refused outright gets it at the end.
         """
         if ex.logged_start:
             return
