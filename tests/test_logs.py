@@ -61,14 +61,6 @@ def test_fast_lines_text_shape() -> None:
     ]
 
 
-def test_request_started_carries_the_arrival_time_it_is_given() -> None:
-    """The proxy writes the line once the answer has started, stamped when the request came."""
-    out = io.StringIO()
-    log = Logger("info", "text", stream=out)
-    log.request_started("GET", "h", "/", at=1764151380.25 - 1.5)
-    assert out.getvalue().startswith('time=2025-11-26T10:02:58.750Z level=info msg="request started"')
-
-
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_fast_lines_honour_the_level(fmt: str) -> None:
     out = io.StringIO()

@@ -122,12 +122,11 @@ class Logger:
 
     # --- the two lines of every proxied request (same bytes as `log`, less work) -------------
 
-    def request_started(self, method: str, host: str, path: str, *, at: float | None = None) -> None:
-        """``info("request started", method=..., host=..., path=...)``; `at` (a `time.time()`)
-        is when the request arrived, if that was earlier than now."""
+    def request_started(self, method: str, host: str, path: str) -> None:
+        """``info("request started", method=..., host=..., path=...)``."""
         if self.info_enabled:
             now = self._last = _time()
-            self.later(self._started, now if at is None else at, method, host, path)
+            self.later(self._started, now, method, host, path)
 
     def _started(self, now: float, method: str, host: str, path: str) -> None:
         if self.json:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -71,7 +70,6 @@ class ResponseRelay:
         "reason",
         "received",
         "replayable",
-        "started",
         "tunnel",
     )
     __deletable__ = ("parser",)  # mypyc: `detach` deletes it (compiled classes forbid del otherwise)
@@ -85,10 +83,8 @@ class ResponseRelay:
         replayable: bool,
         loop: asyncio.AbstractEventLoop,
         deadline: float,
-        started: Callable[[Exchange], None],
     ) -> None:
         assert ex.head is not None
-        self.started = started  # writes the "request started" line once the answer has gone out
         self.deadline = deadline  # loop time by which the response head must have arrived
         self.parser = httptools.HttpResponseParser(self)
         self.tunnel = tunnel
@@ -181,8 +177,6 @@ class ResponseRelay:
         if self.out:
             tunnel.send_plain(self.out[0] if len(self.out) == 1 else b"".join(self.out))
             self.out.clear()
-            if not self.ex.logged_start:
-                self.started(self.ex)
         if self.complete:
             if not self.done.done():
                 self.done.set_result(self.keep_alive and self.method != "HEAD")
@@ -287,15 +281,11 @@ class Forwarder:
             self._finish(http, ex)
 
     def _log_started(self, ex: Exchange) -> None:
-        """The "request started" line, once per exchange and before any other line about it,
-        stamped with the time the request arrived.
+        """The "request started" line, once per exchange and before any other line about it.
 
-        On the usual path it is written once the start of the answer has gone to the tunnel:
-        written after the upstream write it delayed reading the answer (36 us at p50 at 100
-        req/s, docs/performance.md). A request still waiting for its answer gets it from the
-        periodic check of waiting responses (within a second); a line about the request written
-        earlier (no route, IP policy, SNI, connecting) is preceded by it, and an exchange
-        refused outright gets it at the end.
+        On the usual path it is written just after the request went upstream, so its cost is
+        not on the way to the upstream; a line about the request written earlier (no route,
+        IP policy, SNI) is preceded by it, and an exchange refused outright gets it at the end.
         """
         if ex.logged_start:
             return
@@ -303,11 +293,10 @@ class Forwarder:
         log = self.server.log
         if log.info_enabled:
             head = ex.head
-            at = time.time() - (time.perf_counter() - ex.started)
             if head is not None:
-                log.request_started(head.method, head.host, head.path, at=at)
+                log.request_started(head.method, head.host, head.path)
             else:  # refused before it could be understood: still one pair of lines
-                log.request_started("-", "-", "-", at=at)
+                log.request_started("-", "-", "-")
 
     def _finish(self, http: InnerHTTP, ex: Exchange) -> None:
         server = self.server
@@ -380,21 +369,16 @@ class Forwarder:
             out += (chunk(whole) + LAST_CHUNK) if head.chunked else whole
         elif whole is not None and head.chunked:
             out += LAST_CHUNK
-        # The request goes out first: what follows is on the way to the answer, which can only
-        # be read once this task yields (the "request started" line waits for the answer).
+        # The request goes out first: what follows is not on the way to the upstream, and the
+        # answer can only be read once this task yields.
         lost = conn.protocol.lost
         if not lost:
             conn.write(out)
+            self._log_started(ex)
         loop = self.server.loop
         timeout = limits.upstream_response_timeout
         relay = ResponseRelay(
-            tunnel,
-            ex,
-            conn,
-            replayable=whole is not None,
-            loop=loop,
-            deadline=loop.time() + timeout,
-            started=self._log_started,
+            tunnel, ex, conn, replayable=whole is not None, loop=loop, deadline=loop.time() + timeout
         )
         conn.protocol.sink = relay
         sender: asyncio.Task[None] | None = None
@@ -431,8 +415,6 @@ class Forwarder:
         for relay in [r for r in waiting if r.framing is not None or r.deadline <= now]:
             waiting.discard(relay)
             relay.timeout()  # a no-op once the head has arrived
-        for relay in waiting:  # still no answer: its "request started" line goes out now
-            self._log_started(relay.ex)
         if waiting:
             interval = check_interval(server.limits.upstream_response_timeout)
             self._check = server.loop.call_later(interval, self._check_waiting)
