@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import select
 import socket
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,68 @@ async def test_upstream_response_header_timeout_is_504(tmp: Path, pki: PKI) -> N
         assert "status=504" in line and 'error="upstream response timeout"' in line
         stack.proc.stop()
     never.set()
+    await upstream.close()
+
+
+async def test_a_request_still_waiting_for_its_answer_is_logged_as_started(tmp: Path, pki: PKI) -> None:
+    """A request the upstream sits on has its "request started" line long before its timeout,
+    stamped with the time it arrived (the official troubleshooting looks for that line); the
+    pooled connection keeps the connector's own lines out of it."""
+    never = asyncio.Event()
+
+    async def slow(req: Received, writer: asyncio.StreamWriter) -> None:
+        if req.target == "/warm":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        await never.wait()
+        writer.close()  # hangs up without an answer
+
+    upstream = await RecordingUpstream(slow).start()
+    stack = start_stack(tmp, pki, _routes(upstream), limits={"upstream_response_timeout": "20s"})
+    with stack.proc:
+        assert (await stack.get("echo", "/warm"))[0] == 200  # a pooled connection: no connect line
+        sent_at = time.time()
+        request = asyncio.ensure_future(stack.get("echo", "/slow"))
+        line = await stack.wait_log('msg="request started"', 2, timeout=5.0)
+        assert "path=/slow" in line and not request.done()
+        stamp = datetime.strptime(line.split()[0], "time=%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs(stamp.timestamp() - sent_at) < 0.5
+        never.set()
+        assert (await request)[0] == 502
+        assert stack.proc.stop() == 0
+    await upstream.close()
+
+
+async def test_a_streamed_answer_is_logged_as_started_while_it_streams(tmp: Path, pki: PKI) -> None:
+    """A streamed answer (SSE) has its "request started" line while it streams, not when the
+    stream ends."""
+    more = asyncio.Event()
+
+    async def stream(req: Received, writer: asyncio.StreamWriter) -> None:
+        if req.target == "/warm":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\r\n")
+        await writer.drain()
+        await more.wait()
+        writer.write(b"0\r\n\r\n")
+
+    upstream = await RecordingUpstream(stream).start()
+    stack = start_stack(tmp, pki, _routes(upstream))
+    with stack.proc:
+        conn = await stack.client().connect(HOST)
+        assert (await (await conn.request("GET", "/warm", host=HOST)).read()) == b""
+        resp = await conn.request("GET", "/events", host=HOST)
+        assert resp.status == 200
+        line = await stack.wait_log('msg="request started"', 2, timeout=5.0)
+        assert "path=/events" in line and stack.log().count("request completed") == 1
+        more.set()
+        assert await resp.read() == b"data: 1"
+        await stack.wait_log("request completed", 2)
+        await conn.close()
+        assert stack.proc.stop() == 0
     await upstream.close()
 
 
