@@ -31,7 +31,7 @@ def native_extensions() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    modules = runpy.run_path(str(HERE / "src/mcp_tunnel/native.py"))["MODULES"]
+    native = runpy.run_path(str(HERE / "src/mcp_tunnel/native.py"))
     os.chdir(HERE)  # the C goes under build/
     # Type checking is `mypy`'s job in the tests; here mypyc only needs the types, and an isolated
     # build has none of the runtime dependencies installed: their types are then Any.
@@ -39,7 +39,8 @@ def native_extensions() -> list[Any]:
     config.parent.mkdir(exist_ok=True)
     config.write_text("[mypy]\nignore_missing_imports = True\n")
     options = ["--config-file", str(config), "--python-version", "3.11"]
-    return mypycify([*options, *(f"src/{name.replace('.', '/')}.py" for name in modules)], opt_level="3")
+    paths = [str(native["source_path"](Path("src"), name)) for name in native["MODULES"]]
+    return mypycify([*options, *paths], opt_level="3")
 
 
 setup(ext_modules=native_extensions())

@@ -13,13 +13,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse to test compiled modules older than their source (an edit since the last build)."""
-    from mcp_tunnel.native import MODULES
+    from mcp_tunnel.native import stale_modules
 
-    built = sorted(SRC.glob("*__mypyc*.so"))
-    if not built:
-        return
-    built_at = built[-1].stat().st_mtime
-    stale = [m for m in MODULES if (SRC / f"{m.replace('.', '/')}.py").stat().st_mtime > built_at]
+    stale = stale_modules(SRC)
     if stale:
         pytest.exit(
             f"compiled modules are older than their source ({', '.join(stale)}): run ./dev build",
