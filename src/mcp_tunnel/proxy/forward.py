@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httptools
@@ -70,6 +71,7 @@ class ResponseRelay:
         "reason",
         "received",
         "replayable",
+        "route",
         "tunnel",
     )
     __deletable__ = ("parser",)  # mypyc: `detach` deletes it (compiled classes forbid del otherwise)
@@ -79,6 +81,7 @@ class ResponseRelay:
         tunnel: TunnelProtocol,
         ex: Exchange,
         conn: UpstreamConnection,
+        route: Route,
         *,
         replayable: bool,
         loop: asyncio.AbstractEventLoop,
@@ -90,6 +93,7 @@ class ResponseRelay:
         self.tunnel = tunnel
         self.ex = ex
         self.conn = conn
+        self.route = route
         self.method = ex.head.method
         self.replayable = replayable
         self.done: asyncio.Future[bool] = loop.create_future()
@@ -231,34 +235,142 @@ class Forwarder:
         self._waiting: set[ResponseRelay] = set()
         self._check: asyncio.TimerHandle | None = None
 
-    async def run(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
-        """Answer one exchange, in order, and always report it done."""
+    def start(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
+        """Begin an exchange, once the read that completed its head has been parsed.
+
+        The usual request (none before it still answering, its whole body read, a pooled
+        connection to its route) is written upstream at once and answered from the upstream
+        connection's callbacks: no task, so none of asyncio's task machinery is on its way, and
+        on this proxy's small machines everything done there is latency. Anything else runs
+        as a task (`run`). Both give the same answers, lines and metrics.
+        """
+        if not self._start_now(tunnel, http, ex):
+            ex.running = self.server.loop.create_task(self.run(tunnel, http, ex))
+
+    def _start_now(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> bool:
+        head = ex.head
+        if head is None or ex.error is not None or (ex.prev is not None and not ex.prev.finished):
+            return False
+        body = ex.body
+        if head.has_body and not (body.done and not body.failed):
+            return False
+        if tunnel.sni_host is not None and tunnel.sni_host != head.host:
+            return False  # the task logs it
+        server = self.server
+        route = server.router.lookup(head.host)
+        if route is None:
+            return False  # the task answers it
+        connector = server.connector
+        conn = connector.pooled(route)
+        if conn is None:
+            return False  # connecting (resolution, the address check) needs the task
+        ex.route_key = route.key
+        whole = (body.complete_now() or b"") if head.has_body else b""  # arrived: never None
+        relay = self._send(tunnel, ex, route, conn, whole, server.upstream_settings, server.limits)
+        ex.running = relay.done
+        relay.done.add_done_callback(partial(self._answered, tunnel, http, ex, relay, connector, whole))
+        return True
+
+    def _answered(
+        self,
+        tunnel: TunnelProtocol,
+        http: InnerHTTP,
+        ex: Exchange,
+        relay: ResponseRelay,
+        connector: Connector,
+        whole: bytes,
+        done: asyncio.Future[bool],
+    ) -> None:
+        """The end of an exchange started at once: `run`'s ending, from a callback."""
+        conn = relay.conn
+        self._settle(relay)
+        try:
+            reusable = done.result()
+        except _StaleConnection:
+            conn.close()  # the second attempt, on another connection, as `_proxy` makes it
+            resume = (relay.route, whole)
+            ex.running = self.server.loop.create_task(self.run(tunnel, http, ex, resume))
+            return
+        except BaseException as exc:
+            conn.close()
+            handled = self._failed(tunnel, ex, exc)
+            self._finish(http, ex)
+            if handled or isinstance(exc, asyncio.CancelledError):
+                return
+            raise
+        if reusable and conn.usable():
+            connector.release(conn)
+        else:
+            conn.close()
+        self._finish(http, ex)
+
+    async def run(
+        self,
+        tunnel: TunnelProtocol,
+        http: InnerHTTP,
+        ex: Exchange,
+        resume: tuple[Route, bytes] | None = None,
+    ) -> None:
+        """Answer one exchange, in order, and always report it done.
+
+        `resume`: the route and body of one started at once whose pooled connection was stale.
+        """
+        server = self.server
+        try:
+            if resume is not None:
+                route, whole = resume
+                await self._proxy(
+                    tunnel,
+                    http,
+                    ex,
+                    route,
+                    server.connector,
+                    server.upstream_settings,
+                    server.limits,
+                    whole,
+                    attempt=2,
+                )
+            else:
+                await self._forward(tunnel, http, ex)
+        except BaseException as exc:
+            if not self._failed(tunnel, ex, exc):
+                raise
+        finally:
+            self._finish(http, ex)
+
+    async def _forward(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
         server = self.server
         log = server.log
-        try:
-            if ex.prev is not None and not ex.prev.finished:
-                await _wait_finished(ex.prev)
-            head = ex.head
-            if ex.error is not None:
-                raise ex.error
-            assert head is not None
-            if tunnel.sni_host is not None and tunnel.sni_host != head.host:
-                self._log_started(ex)
-                server.sni_mismatch(tunnel, head.host)
-            # One consistent view of the config for the whole exchange, even across a reload.
-            route = server.router.lookup(head.host)
-            if route is None:
-                self._log_started(ex)
-                log.warn("no route for host", host=head.host)
-                raise NoRoute(f"no route for host {head.host}")
-            ex.route_key = route.key
-            await self._proxy(
-                tunnel, http, ex, route, server.connector, server.upstream_settings, server.limits
-            )
-        except ProxyError as err:
-            ex.status = err.status
-            ex.reason = err.reason
-            reason = refusal_reason(err)
+        if ex.prev is not None:
+            await _wait_finished(ex.prev)
+        head = ex.head
+        if ex.error is not None:
+            raise ex.error
+        assert head is not None
+        if tunnel.sni_host is not None and tunnel.sni_host != head.host:
+            self._log_started(ex)
+            server.sni_mismatch(tunnel, head.host)
+        # One consistent view of the config for the whole exchange, even across a reload.
+        route = server.router.lookup(head.host)
+        if route is None:
+            self._log_started(ex)
+            log.warn("no route for host", host=head.host)
+            raise NoRoute(f"no route for host {head.host}")
+        ex.route_key = route.key
+        # A body that has fully arrived is sent with the head in one write, and can be sent
+        # again if a pooled connection turns out to be stale.
+        whole = ex.body.complete_now() if head.has_body else b""
+        await self._proxy(
+            tunnel, http, ex, route, server.connector, server.upstream_settings, server.limits, whole
+        )
+
+    def _failed(self, tunnel: TunnelProtocol, ex: Exchange, exc: BaseException) -> bool:
+        """Answer or cut an exchange that failed; False for what the caller must raise again."""
+        server = self.server
+        if isinstance(exc, ProxyError):
+            ex.status = exc.status
+            ex.reason = exc.reason
+            reason = refusal_reason(exc)
             if reason is not None:
                 server.metrics.upstream_failed(ex.route_key, reason)
             if ex.response_started:
@@ -266,19 +378,19 @@ class Forwarder:
             else:
                 keep = not ex.close_after and ex.body.done and not ex.body.failed and not server.draining
                 ex.close_after = ex.close_after or not keep
-                data = error_response(err, keep_alive=keep)
+                data = error_response(exc, keep_alive=keep)
                 ex.response_bytes = len(data)
                 tunnel.send_plain(data)
-        except _Truncated:
+            return True
+        if isinstance(exc, _Truncated):
             ex.reason = "upstream ended the response early"
             ex.close_after = True
             tunnel.close_abruptly()
-        except asyncio.CancelledError:
+            return True
+        if isinstance(exc, asyncio.CancelledError):
             ex.status = ex.status or 499
             ex.reason = ex.reason or "cancelled: the tunnel closed or the proxy is shutting down"
-            raise
-        finally:
-            self._finish(http, ex)
+        return False
 
     def _log_started(self, ex: Exchange) -> None:
         """The "request started" line, once per exchange and before any other line about it.
@@ -322,23 +434,22 @@ class Forwarder:
         connector: Connector,
         settings: UpstreamSettings,
         limits: Limits,
+        whole: bytes | None,
+        attempt: int = 1,
     ) -> None:
-        head = ex.head
-        assert head is not None
-        # A body that has fully arrived is sent with the head in one write, and can be sent
-        # again if a pooled connection turns out to be stale.
-        whole = ex.body.complete_now() if head.has_body else b""
-        for attempt in (1, 2):
+        while True:
             conn = connector.pooled(route)
             if conn is None:
                 self._log_started(ex)  # before the connector's own lines (refused address, ...)
                 conn = await connector.connect(route)
             try:
-                reusable = await self._exchange(tunnel, http, ex, route, conn, whole, settings, limits)
+                relay = self._send(tunnel, ex, route, conn, whole, settings, limits)
+                reusable = await self._exchange(http, ex, relay)
             except _StaleConnection:
                 conn.close()
                 if attempt == 2:
                     raise UpstreamProtocolError("upstream closed the connection") from None
+                attempt = 2
                 continue
             except BaseException:
                 conn.close()
@@ -349,18 +460,17 @@ class Forwarder:
                 conn.close()
             return
 
-    async def _exchange(
+    def _send(
         self,
         tunnel: TunnelProtocol,
-        http: InnerHTTP,
         ex: Exchange,
         route: Route,
         conn: UpstreamConnection,
         whole: bytes | None,
         settings: UpstreamSettings,
         limits: Limits,
-    ) -> bool:
-        """Send the request, relay the response; True if the connection may be reused."""
+    ) -> ResponseRelay:
+        """Write the request (with its body when `whole` holds it) and set up its response's relay."""
         head = ex.head
         assert head is not None
         host_header = route.authority.encode() if settings.host_header == "upstream" else head.raw_host
@@ -369,8 +479,7 @@ class Forwarder:
             out += (chunk(whole) + LAST_CHUNK) if head.chunked else whole
         elif whole is not None and head.chunked:
             out += LAST_CHUNK
-        # The request goes out first: what follows is not on the way to the upstream, and the
-        # answer can only be read once this task yields.
+        # The request goes out first: what follows is not on the way to the upstream.
         lost = conn.protocol.lost
         if not lost:
             conn.write(out)
@@ -378,25 +487,36 @@ class Forwarder:
         loop = self.server.loop
         timeout = limits.upstream_response_timeout
         relay = ResponseRelay(
-            tunnel, ex, conn, replayable=whole is not None, loop=loop, deadline=loop.time() + timeout
+            tunnel, ex, conn, route, replayable=whole is not None, loop=loop, deadline=loop.time() + timeout
         )
         conn.protocol.sink = relay
-        sender: asyncio.Task[None] | None = None
         self._waiting.add(relay)
         if self._check is None:
             self._check = loop.call_later(check_interval(timeout), self._check_waiting)
+        if lost:
+            relay.upstream_lost(None)
+        return relay
+
+    def _settle(self, relay: ResponseRelay) -> None:
+        """Nothing feeds `relay` any more: unhook it from its connection and the timeout check."""
+        self._waiting.discard(relay)
+        relay.conn.protocol.sink = None
+        relay.detach()
+        if not relay.done.done():
+            relay.done.cancel()
+
+    async def _exchange(self, http: InnerHTTP, ex: Exchange, relay: ResponseRelay) -> bool:
+        """Send the body if it is still arriving, relay the response; True if the connection may be reused."""
+        conn = relay.conn
+        sender: asyncio.Task[None] | None = None
         try:
-            if lost:
-                relay.upstream_lost(None)
-            elif whole is None:
-                sender = loop.create_task(self._send_body(http, ex, conn, head.chunked))
+            if not relay.replayable and not relay.done.done():
+                head = ex.head
+                assert head is not None
+                sender = self.server.loop.create_task(self._send_body(http, ex, conn, head.chunked))
             reusable = await relay.done
         finally:
-            self._waiting.discard(relay)
-            conn.protocol.sink = None
-            relay.detach()
-            if not relay.done.done():
-                relay.done.cancel()
+            self._settle(relay)
             if sender is not None and not sender.done():
                 sender.cancel()
         body_sent = sender is None or (
@@ -435,6 +555,7 @@ class Forwarder:
 
 
 async def _wait_finished(prev: Exchange) -> None:
-    task = prev.task
-    if task is not None and not task.done():
-        await asyncio.wait([task])
+    """Until `prev` has written all of its answer (`InnerHTTP.exchange_done` wakes us)."""
+    if not prev.finished:
+        prev.next_waiting = waiting = asyncio.get_running_loop().create_future()
+        await waiting

@@ -1,16 +1,17 @@
 """The inner HTTP/1.1 connection inside one tunnel's TLS session.
 
 httptools (llhttp) parses requests; `http_rules.validate_request` decides what may be
-forwarded; each request becomes an `Exchange` whose forwarding runs as a task. Requests on one
-connection are answered strictly in order (pipelining keeps its order): each exchange waits for
-the one before it to finish writing.
+forwarded; each request becomes an `Exchange`, started by the forwarder once the read that
+completed its head has been parsed (`Forwarder.start`). Requests on one connection are answered
+strictly in order (pipelining keeps its order): each exchange waits for the one before it to
+finish writing.
 """
 
 from __future__ import annotations
 
 import asyncio
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -92,14 +93,15 @@ class Exchange:
         "finished",
         "head",
         "logged_start",
+        "next_waiting",
         "prev",
         "reason",
         "response_bytes",
         "response_started",
         "route_key",
+        "running",
         "started",
         "status",
-        "task",
     )
 
     def __init__(self, prev: Exchange | None) -> None:
@@ -117,7 +119,13 @@ class Exchange:
         self.reason = ""  # why the proxy answered or cut it itself, for the completion line
         self.route_key = "-"
         self.started = perf_counter()
-        self.task: asyncio.Task[None] | None = None
+        # Its task, or for one started at once its response's future: what `abort` cancels.
+        self.running: asyncio.Future[Any] | None = None
+        self.next_waiting: asyncio.Future[None] | None = None  # the next exchange, until we finish
+
+    def begun(self) -> bool:
+        """Its head has been read (and judged): it is answered in turn, whatever follows."""
+        return self.head is not None or self.error is not None
 
 
 class InnerHTTP:
@@ -179,6 +187,9 @@ class InnerHTTP:
                 self.feed(data[offset:])
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
+        for ex in self.exchanges:  # `start` never finishes one at once: the list holds still
+            if ex.running is None and ex.begun():
+                self.server.forwarder.start(self.tunnel, self, ex)
 
     def peer_closed(self) -> None:
         """The client sent close_notify: finish what is in flight, then close."""
@@ -191,8 +202,8 @@ class InnerHTTP:
         self.peer_done = True
         for ex in self.exchanges:
             ex.body.fail()
-            if ex.task is not None and not ex.task.done():
-                ex.task.cancel(reason)
+            if ex.running is not None and not ex.running.done():
+                ex.running.cancel(reason)
 
     # --- httptools callbacks ------------------------------------------------------------
 
@@ -249,7 +260,6 @@ class InnerHTTP:
             ex.close_after = True
         else:
             ex.close_after = not ex.head.keep_alive
-        ex.task = self.server.loop.create_task(self.server.forwarder.run(self.tunnel, self, ex))
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -277,7 +287,7 @@ class InnerHTTP:
     def _parse_error(self, exc: Exception) -> None:
         """A malformed request: answer it in turn, then close; nothing reaches an upstream."""
         ex = self.current
-        if ex is None or ex.task is not None:
+        if ex is None or ex.begun():
             ex = Exchange(self.exchanges[-1] if self.exchanges else None)
             self.exchanges.append(ex)
         cause = exc.__context__ or exc
@@ -289,7 +299,6 @@ class InnerHTTP:
         ex.body.fail()
         self.current = None
         self.peer_done = True  # stop parsing; the connection closes after the answer
-        ex.task = self.server.loop.create_task(self.server.forwarder.run(self.tunnel, self, ex))
 
     def _header_timeout(self) -> None:
         self.server.log.info("request header timeout, closing tunnel", peer=self.tunnel.peer)
@@ -312,6 +321,9 @@ class InnerHTTP:
 
     def exchange_done(self, ex: Exchange) -> None:
         ex.finished = True
+        waiting = ex.next_waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
         if self.exchanges and self.exchanges[0] is ex:
             self.exchanges.pop(0)
         self.body_consumed()
