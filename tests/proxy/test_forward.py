@@ -1,7 +1,7 @@
-"""The exchange started at once (`Forwarder.start`): a request on a warm pooled connection is
-written upstream from the tunnel's read and answered from the upstream's callbacks, with no
-task. Each test warms the pool first, so the request under test takes that path, and checks it
-ends as the task-run path ends: retried, cut, timed out, kept in order."""
+"""Exchanges begun without a task (`Forwarder._begin`): a request on a warm pooled connection is
+written upstream once the tunnel's read is parsed and answered from the upstream's callbacks.
+Each test warms the pool first, so the request under test takes that path, and checks it ends
+as the task-run path ends: retried, cut, timed out, kept in order."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from mcp_tunnel.ws_frames import BINARY, TEXT, encode_frame
 from support.ops import start_stack
 from support.pki import PKI
 from support.upstreams import Received, RecordingUpstream
@@ -151,5 +152,25 @@ async def test_pipelined_requests_behind_one_started_at_once_keep_their_order(tm
         release.set()
         assert [await (await conn.read_response()).read() for _ in range(2)] == [b"/first", b"/second"]
         await conn.close()
+        assert stack.proc.stop() == 0
+    await upstream.close()
+
+
+async def test_a_request_whose_tunnel_breaks_in_the_same_read_never_reaches_the_upstream(
+    tmp: Path, pki: PKI
+) -> None:
+    upstream = await RecordingUpstream().start()
+    stack = start_stack(tmp, pki, _routes(upstream))
+    with stack.proc:
+        conn = await stack.client().connect(HOST)
+        conn.tls.send(f"GET /never HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        request = encode_frame(BINARY, conn.tls.outgoing(), mask=True)
+        assert conn.transport is not None
+        conn.transport.write(request + encode_frame(TEXT, b"x", mask=True))  # one read: both frames
+        line = await stack.wait_log('msg="request completed"')
+        assert "path=/never status=499" in line and "cancelled" in line
+        assert stack.count("text message on tunnel") == 1
+        assert upstream.requests == [] and upstream.connections == 0
+        conn.abort()
         assert stack.proc.stop() == 0
     await upstream.close()

@@ -1,10 +1,10 @@
 """The inner HTTP/1.1 connection inside one tunnel's TLS session.
 
 httptools (llhttp) parses requests; `http_rules.validate_request` decides what may be
-forwarded; each request becomes an `Exchange`, started by the forwarder once the read that
-completed its head has been parsed (`Forwarder.start`). Requests on one connection are answered
-strictly in order (pipelining keeps its order): each exchange waits for the one before it to
-finish writing.
+forwarded; each request becomes an `Exchange`, handed to the forwarder when its head is read
+and begun once that read has been parsed (`Forwarder.start`). Requests on one connection are
+answered strictly in order (pipelining keeps its order): each exchange waits for the one before
+it to finish writing.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Exchange:
         self.reason = ""  # why the proxy answered or cut it itself, for the completion line
         self.route_key = "-"
         self.started = perf_counter()
-        # Its task, or for one started at once its response's future: what `abort` cancels.
+        # Its task, or for one begun without a task its response's future: what `abort` cancels.
         self.running: asyncio.Future[Any] | None = None
         self.next_waiting: asyncio.Future[None] | None = None  # the next exchange, until we finish
 
@@ -137,6 +137,7 @@ class InnerHTTP:
         "_read_paused",
         "_too_large",
         "_url",
+        "aborted",
         "current",
         "exchanges",
         "limits",
@@ -158,6 +159,7 @@ class InnerHTTP:
         self.exchanges: list[Exchange] = []
         self.current: Exchange | None = None  # the one being parsed
         self.peer_done = False
+        self.aborted = ""  # why `abort` cut the tunnel; an exchange not yet begun ends with it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -187,9 +189,6 @@ class InnerHTTP:
                 self.feed(data[offset:])
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
-        for ex in self.exchanges:  # `start` never finishes one at once: the list holds still
-            if ex.running is None and ex.begun():
-                self.server.forwarder.start(self.tunnel, self, ex)
 
     def peer_closed(self) -> None:
         """The client sent close_notify: finish what is in flight, then close."""
@@ -200,6 +199,7 @@ class InnerHTTP:
     def abort(self, reason: str) -> None:
         """The tunnel is gone or broken: cancel every upstream exchange at once."""
         self.peer_done = True
+        self.aborted = reason
         for ex in self.exchanges:
             ex.body.fail()
             if ex.running is not None and not ex.running.done():
@@ -260,6 +260,7 @@ class InnerHTTP:
             ex.close_after = True
         else:
             ex.close_after = not ex.head.keep_alive
+        self.server.forwarder.start(self.tunnel, self, ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -299,6 +300,7 @@ class InnerHTTP:
         ex.body.fail()
         self.current = None
         self.peer_done = True  # stop parsing; the connection closes after the answer
+        self.server.forwarder.start(self.tunnel, self, ex)
 
     def _header_timeout(self) -> None:
         self.server.log.info("request header timeout, closing tunnel", peer=self.tunnel.peer)
