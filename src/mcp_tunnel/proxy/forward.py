@@ -292,7 +292,7 @@ class Forwarder:
         whole: bytes,
         done: asyncio.Future[bool],
     ) -> None:
-        """The end of an exchange started at once: `run`'s ending, from a callback."""
+        """The end of an exchange begun without a task: `run`'s ending, from a callback."""
         conn = relay.conn
         self._settle(relay)
         try:
@@ -324,7 +324,7 @@ class Forwarder:
     ) -> None:
         """Answer one exchange, in order, and always report it done.
 
-        `resume`: the route and body of one started at once whose pooled connection was stale.
+        `resume`: the route and body of one begun without a task whose pooled connection was stale.
         """
         server = self.server
         try:
@@ -521,7 +521,7 @@ class Forwarder:
         conn = relay.conn
         sender: asyncio.Task[None] | None = None
         try:
-            if not relay.replayable and not relay.done.done():
+            if not relay.replayable and not relay.done.done():  # the body is still arriving
                 head = ex.head
                 assert head is not None
                 sender = self.server.loop.create_task(self._send_body(http, ex, conn, head.chunked))
