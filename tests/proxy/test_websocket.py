@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mcp_tunnel.tls_session import TLSSession
 from mcp_tunnel.ws_frames import BINARY, CLOSE, PING, PONG, Frame, FrameParser, encode_frame, parse_close
 from support.pki import PKI
 from support.proxy import RunningProxy, start_proxy
+from support.upstreams import RecordingUpstream
 
 UPGRADE = (
     "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -176,4 +178,66 @@ async def test_text_message_mid_stream_closes_1003_and_is_logged(tmp: Path, pki:
             await asyncio.wait_for(ws.recv(), 5)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1003
     assert proxy.log_has("text message on tunnel, closing")
+    await proxy.stop()
+
+
+async def _first_exchange(
+    proxy: RunningProxy,
+    ctx: ssl.SSLContext,
+    host: str,
+    *,
+    one_message: bool,
+    session: ssl.SSLSession | None = None,
+) -> tuple[ssl.SSLObject, bytes]:
+    """Handshake, then send the client's Finished and a request in one write (one message, or
+    two as most clients send them); return the session object and the plaintext of the first
+    binary message that comes back."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=host, session=session)
+    raw = await RawWebSocket.open(proxy)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.send(encode_frame(BINARY, outgoing.read(), mask=True))
+        frame = await raw.next_frame()
+        assert frame is not None and frame.opcode == BINARY
+        incoming.write(frame.payload)
+    finished = outgoing.read()
+    obj.write(f"GET /first HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    if one_message:
+        raw.send(encode_frame(BINARY, finished + outgoing.read(), mask=True))
+    else:
+        raw.send(encode_frame(BINARY, finished, mask=True) + encode_frame(BINARY, outgoing.read(), mask=True))
+    frame = await raw.next_frame()
+    assert frame is not None and frame.opcode == BINARY
+    incoming.write(frame.payload)
+    plain = b""
+    while True:
+        try:
+            plain += obj.read(65536)
+        except ssl.SSLWantReadError:
+            break
+    raw.writer.close()
+    return obj, plain
+
+
+@pytest.mark.parametrize("one_message", [True, False], ids=["one-message", "two-messages"])
+async def test_session_ticket_rides_with_the_first_answer_and_resumes(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream, one_message: bool
+) -> None:
+    """The ticket waits for the first response and shares its message; a later tunnel resumes."""
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    ctx = client_ssl_context(str(pki.ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    first, plain = await _first_exchange(proxy, ctx, pki.host("echo"), one_message=one_message)
+    assert plain.startswith(b"HTTP/1.1 200 "), plain
+    session = first.session
+    assert session is not None and session.has_ticket  # it came in that same message
+    second, plain = await _first_exchange(
+        proxy, ctx, pki.host("echo"), one_message=one_message, session=session
+    )
+    assert second.session_reused
+    assert plain.startswith(b"HTTP/1.1 200 "), plain
     await proxy.stop()

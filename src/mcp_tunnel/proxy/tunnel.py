@@ -182,8 +182,15 @@ class TunnelProtocol(asyncio.Protocol):
         except FrameError as exc:
             self._frame_error(exc)
             return
+        tls, http = self.tls, self.http
+        handshaking = tls is not None and not tls.handshake_done
         for frame in received:
             self._frame(frame)
+        if handshaking and tls is not None and tls.handshake_done and http is not None and http.exchanges:
+            # The client's Finished came with its first request: the session ticket waits for
+            # the answer (or a close) and goes out in the same write, one fewer per tunnel.
+            return
+        self._flush_tls()  # what this read's frames made TLS say, in one write
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost aborts what is in flight
@@ -311,13 +318,11 @@ class TunnelProtocol(asyncio.Protocol):
         except TLSHandshakeError as exc:
             self._handshake_over = True
             self.server.handshake_failed(self, exc.reason)
-            self._flush_tls()  # the alert we generated reaches the peer
-            self._close_ws(NORMAL_CLOSURE, "tls handshake failed")
+            self._close_ws(NORMAL_CLOSURE, "tls handshake failed")  # after the alert we generated
             return
         except Exception as exc:  # a corrupt record after the handshake
             self.server.log.info("tls stream error", peer=self.peer, error=str(exc))
             http.abort("tls stream error")
-            self._flush_tls()
             self._close_ws(PROTOCOL_ERROR, "tls error")
             return
         if handshaking and tls.handshake_done:
@@ -331,7 +336,6 @@ class TunnelProtocol(asyncio.Protocol):
             http.feed(plaintext)
         if tls.closed_by_peer:
             http.peer_closed()
-        self._flush_tls()
 
     # --- sending -----------------------------------------------------------------------
 
@@ -343,20 +347,24 @@ class TunnelProtocol(asyncio.Protocol):
         tls.send(data)
         self._flush_tls()
 
-    def _flush_tls(self) -> None:
+    def _flush_tls(self, then: bytes = b"") -> None:
+        """Write what TLS has queued, framed, and `then` (a frame of ours) after it in the same write."""
         tls, transport = self.tls, self.transport
-        if tls is None or transport is None:
+        if transport is None or self.state != OPEN or transport.is_closing():
             return
-        out = tls.outgoing()
-        if not out or self.state != OPEN or transport.is_closing():
-            return
+        out = tls.outgoing() if tls is not None else b""
         if len(out) <= MAX_OUT_MESSAGE:
-            transport.write(frame_header(BINARY, len(out)) + out)
+            if out:
+                transport.write(frame_header(BINARY, len(out)) + out + then)
+            elif then:
+                transport.write(then)
             return
         pieces: list[bytes] = []
         for i in range(0, len(out), MAX_OUT_MESSAGE):
             piece = out[i : i + MAX_OUT_MESSAGE]
             pieces += (frame_header(BINARY, len(piece)), piece)
+        if then:
+            pieces.append(then)
         transport.writelines(pieces)
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
@@ -397,8 +405,7 @@ class TunnelProtocol(asyncio.Protocol):
         if self.closing:
             return
         if self.tls is not None and self.tls.handshake_done:
-            self.tls.close()
-            self._flush_tls()
+            self.tls.close()  # queued: `_close_ws` writes it with the close frame
         self._close_ws(NORMAL_CLOSURE, "")
 
     def close_abruptly(self) -> None:
@@ -414,7 +421,10 @@ class TunnelProtocol(asyncio.Protocol):
             self._close_transport()
             return
         if self.state == OPEN:
-            self._send_frame(CLOSE, close_payload(code, reason))
+            # Whatever TLS has queued (a close_notify, an alert, a held ticket) goes first, in
+            # the same write.
+            payload = close_payload(code, reason)
+            self._flush_tls(frame_header(CLOSE, len(payload)) + payload)
             self.state = CLOSE_SENT
         # The peer should answer our close; do not wait for it forever.
         self.deadline = self.server.loop.time() + CLOSE_WAIT_SECONDS
