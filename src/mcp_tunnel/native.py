@@ -14,6 +14,7 @@ from pathlib import Path
 
 MODULES = (
     "mcp_tunnel.ws_frames",
+    "mcp_tunnel.ws_handshake",
     "mcp_tunnel.tls_session",
     "mcp_tunnel.http_rules",
     "mcp_tunnel.logs",
