@@ -5,8 +5,8 @@ or the answer that refuses it. The checks and statuses are websockets' `ServerPr
 ones, which did this job before at ~85 us per handshake (a tunnel never negotiates extensions
 or subprotocols, so that part is left out); the accept key is websockets' own `accept_key`.
 Parsing, checking and answering a usual upgrade takes ~18 us as Python and ~8 us compiled
-(mypyc, `mcp_tunnel.native`), on every new tunnel. A wrong Sec-WebSocket-Version gets RFC 6455 §4.4's 426 naming
-the version we speak.
+(mypyc, `mcp_tunnel.native`), on every new tunnel. A wrong Sec-WebSocket-Version gets
+RFC 6455 §4.4's 426 naming the version we speak.
 """
 
 from __future__ import annotations
