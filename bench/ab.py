@@ -9,6 +9,11 @@ the direct connection and nginx terminating TLS for reference. Timings only; not
 
     python -m bench.ab --rev before=HEAD~1 --rev after=HEAD --seconds 120
 
+With `--new-tunnels N` a second table follows: CPU per new connection (WebSocket and TLS
+handshakes, one request, the close), the targets taken connection by connection in turn, so a
+slow moment falls on all of them alike. Rounds of `python -m bench` a few seconds apart differ by
+up to 20 % on this figure; two copies of one proxy here came out within 1-2 % per window.
+
 A revision is built as `./dev build` builds the checkout (its request path compiled, if it has a
 setup.py); a `--tree` runs as it is.
 """
@@ -34,6 +39,7 @@ from bench.upstream import SMALL_BODY
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNS = 4  # per target, used in turn: a request never waits for another
+NEW_WORKERS = 4  # clients opening new connections at once
 
 
 @dataclass
@@ -55,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--rps", type=float, default=100.0, help="requests per second (default 100)")
     add("--block", type=int, default=50, help="requests per turn of a target (default 50)")
     add("--no-nginx", action="store_true", help="leave nginx TLS out")
+    add("--new-tunnels", type=int, default=0, metavar="N", help="then CPU per new connection: N per target")
+    add(
+        "--windows",
+        type=int,
+        default=10,
+        help="windows the new connections are measured in (default 10); CPU is read in 10 ms ticks,"
+        " so give each window a second or more of it",
+    )
     return p
 
 
@@ -138,6 +152,44 @@ def _table(entries: list[Entry]) -> list[str]:
     return lines
 
 
+async def _new_connections(targets: list[Target], raw: bytes, rounds: int, windows: int) -> list[list[float]]:
+    """CPU ms per new connection of each target's process, per window; connections taken in turn.
+
+    Each of `NEW_WORKERS` clients makes `rounds` connections to every target in each window.
+    """
+    per_target: list[list[float]] = [[] for _ in targets]
+
+    async def worker(offset: int) -> None:
+        for i in range(rounds):
+            for j in range(len(targets)):
+                conn = await targets[(i + j + offset) % len(targets)].connect()
+                await conn.exchange(raw)
+                await conn.close()
+
+    for _ in range(windows):
+        before = [cpu_seconds(t.pid) for t in targets]
+        await asyncio.gather(*(worker(k) for k in range(NEW_WORKERS)))
+        await asyncio.sleep(0.2)  # the servers finish their side of the last closes
+        for k, t in enumerate(targets):
+            per_target[k].append((cpu_seconds(t.pid) - before[k]) * 1e3 / (rounds * NEW_WORKERS))
+    return per_target
+
+
+def _new_table(names: list[str], per_target: list[list[float]], count: int, base: int) -> list[str]:
+    """Medians of the windows, and of each window's ratio to the first version's same window."""
+    lines = [
+        f"| target | new connections | CPU per new connection ms | ratio to {names[base]} (min-max) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, values in zip(names, per_target, strict=True):
+        ratios = [v / b for v, b in zip(values, per_target[base], strict=True) if b > 0]
+        ratio = "-"
+        if ratios:
+            ratio = f"{percentile(sorted(ratios), 50):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        lines.append(f"| {name} | {count} | {percentile(sorted(values), 50):.3f} | {ratio} |")
+    return lines
+
+
 async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Path | None]]) -> list[str]:
     pki = make_pki(work / "pki")
     procs: list[Process] = []
@@ -182,7 +234,16 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
         for e in entries:
             for conn in e.conns:
                 await conn.close()
-        return _table(entries)
+        lines = _table(entries)
+        if args.new_tunnels > 0:
+            timed = entries[1:]  # direct's CPU is the upstream's: no handshake of its own to time
+            windows = max(1, args.windows)
+            rounds = max(1, args.new_tunnels // (windows * NEW_WORKERS))
+            per_target = await _new_connections([e.target for e in timed], raw, rounds, windows)
+            count = windows * rounds * NEW_WORKERS
+            base = len(timed) - len(sources)  # the first mcp-tunnel version
+            lines += ["", *_new_table([e.name for e in timed], per_target, count, base)]
+        return lines
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -57,8 +57,10 @@ def test_quick_run_produces_every_figure_for_every_target(tmp_path: Path) -> Non
 
 
 def test_ab_runs_two_versions_side_by_side() -> None:
-    """`python -m bench.ab` with two copies of this checkout's source: a row for each target."""
+    """`python -m bench.ab` with two copies of this checkout's source: a row for each target,
+    then the new-connection table, its ratios to the first version."""
     args = ["--tree", "a=src", "--tree", "b=src", "--seconds", "0", "--block", "3"]
+    args += ["--new-tunnels", "8", "--windows", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.ab", *args],
         cwd=ROOT,
@@ -67,9 +69,16 @@ def test_ab_runs_two_versions_side_by_side() -> None:
         timeout=90,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    latency, _, new = proc.stdout.partition("\n\n")
+    rows = [line.split(" | ") for line in latency.splitlines() if line.startswith("| ")][1:]
     assert [row[0].strip("| ") for row in rows] == ["direct", "nginx-tls", "a", "b"]
     assert all(row[1] == "3" for row in rows)  # one turn each
+    head, *rows = [line.split(" | ") for line in new.splitlines() if line.startswith("| ")]
+    assert head[3] == "ratio to a (min-max) |"
+    assert [row[0].strip("| ") for row in rows] == ["nginx-tls", "a", "b"]
+    assert all(row[1] == "8" for row in rows)  # 2 windows of one connection per client
+    # CPU is read in clock ticks: a window this small may show none, so no ratio at all.
+    assert rows[1][3].rstrip(" |") == "-" or rows[1][3].startswith("1.000 (")  # a against itself
 
 
 @pytest.mark.parametrize(
