@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -109,9 +108,6 @@ async def serve(
         await server.stop(0)
         return 1
     reloader.start()
-    # What exists now (modules, config, certificates) lives as long as the process: keep it out
-    # of the cycle collector's full passes, which every busy minute would otherwise walk again.
-    gc.freeze()
     await stop.wait()
     reloader.stop()
     await server.stop(server.config.shutdown_timeout)
