@@ -71,6 +71,8 @@ class TLSSession:
             except ssl.SSLError as exc:
                 raise TLSHandshakeError(tls_alert_reason(exc)) from exc
             self.handshake_done = True
+            if not self._in.pending and not self._obj.pending():
+                return b""  # the client's Finished came alone: no read, and no SSLWantReadError
         chunks: list[bytes] = []
         obj, incoming = self._obj, self._in
         while True:
