@@ -52,6 +52,9 @@ class Limits:
     max_connections: int = 1024  # concurrent tunnel (WebSocket) connections
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    dns_timeout: float = 5.0  # one upstream name's resolution; a stuck name delays no other
+    body_timeout: float = 60.0  # a request body, from its head to its last byte (408)
+    write_timeout: float = 60.0  # a tunnel peer that takes nothing of what is owed it is closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ Every error carries what its catcher needs: configuration and usage errors carry
     ├── CertificateError           a certificate or key that cannot be used
     ├── ProxyError                 status + body for the tunnel peer
     │   ├── BadRequest             400
+    │   ├── RequestTimeout         408 (the body did not arrive within limits.body_timeout)
+    │   ├── VersionNotSupported    505 (a request line other than HTTP/1.0 or HTTP/1.1)
     │   ├── HeadersTooLarge        431
     │   ├── BodyTooLarge           413
     │   ├── NoRoute                502
@@ -104,6 +106,16 @@ class ProxyError(MCPTunnelError):
 class BadRequest(ProxyError):
     status = 400
     body = "Bad request"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    body = "Request body timeout"
+
+
+class VersionNotSupported(ProxyError):
+    status = 505
+    body = "HTTP version not supported"
 
 
 class HeadersTooLarge(ProxyError):
