@@ -201,6 +201,13 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        self.upstream_unsolicited_total = Counter(
+            "mcp_tunnel_upstream_unsolicited",
+            "Upstream connections closed because the upstream sent bytes outside the response "
+            "owed (a second response, a body after HEAD/204/304, bytes while idle), by route.",
+            ["route"],
+            registry=r,
+        )
         self.sni_mismatches = Counter(
             "mcp_tunnel_sni_host_mismatches",
             "Inner requests whose Host differs from the TLS SNI of their connection.",
@@ -257,6 +264,7 @@ class Metrics:
                 self.latency.remove(key)
                 for reason in REFUSAL_REASONS:
                     self.upstream_refusals.remove(key, reason)
+                self.upstream_unsolicited_total.remove(key)
         for key in wanted:
             self.route(key)
 
@@ -287,6 +295,9 @@ class Metrics:
 
     def handshake_failed(self, label: str) -> None:
         self._handshake.get(label, self._handshake["other"]).inc()
+
+    def upstream_unsolicited(self, route: str) -> None:
+        self.upstream_unsolicited_total.labels(route).inc()
 
     def upstream_failed(self, route: str, reason: str) -> None:
         rm = self._routes.get(route) or self.route(route)

@@ -21,6 +21,7 @@ from mcp_tunnel.errors import (
     UpstreamTimeout,
 )
 from mcp_tunnel.http_rules import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     ResponseFraming,
     chunk,
@@ -29,6 +30,8 @@ from mcp_tunnel.http_rules import (
     upstream_request_head,
 )
 from mcp_tunnel.metrics import refusal_reason
+from mcp_tunnel.proxy.flow import MAX_INTERIM, MAX_RESPONSE_HEAD
+from mcp_tunnel.proxy.http_server import BodyAborted
 from mcp_tunnel.proxy.policy import check_interval
 from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
 
@@ -47,6 +50,10 @@ class _StaleConnection(Exception):
     """A reused keep-alive connection that the upstream had already closed."""
 
 
+class _Unsolicited(Exception):
+    """Raised from a parser callback: the upstream began more than the one response owed."""
+
+
 class ResponseRelay:
     """One upstream response, parsed as its bytes arrive and relayed to the tunnel at once.
 
@@ -62,8 +69,10 @@ class ResponseRelay:
         "done",
         "ex",
         "framing",
+        "head_bytes",
         "headers",
         "interim",
+        "interims",
         "keep_alive",
         "method",
         "out",
@@ -73,6 +82,7 @@ class ResponseRelay:
         "replayable",
         "route",
         "tunnel",
+        "unsolicited",
     )
     __deletable__ = ("parser",)  # mypyc: `detach` deletes it (compiled classes forbid del otherwise)
 
@@ -101,23 +111,36 @@ class ResponseRelay:
         self.headers: list[tuple[bytes, bytes]] = []
         self.framing: ResponseFraming | None = None
         self.interim = False
+        self.interims = 0
+        self.head_bytes = 0
         self.keep_alive = False
         self.complete = False
         self.received = False
+        self.unsolicited = False
         self.out: list[bytes] = []
 
     # --- httptools callbacks --------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: it must reach nobody
+            raise _Unsolicited
         self.reason = b""
         self.headers = []
         self.interim = False
+        self.head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
+        self._count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_RESPONSE_HEAD:
+            raise UpstreamProtocolError("upstream response head over 64 KiB")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -140,16 +163,22 @@ class ResponseRelay:
 
     def on_body(self, body: bytes) -> None:
         framing = self.framing
-        if framing is None or self.complete:
+        if framing is None:
             return
+        if self.complete:  # a body after a HEAD answer, a 204 or a 304: owed to nobody
+            raise _Unsolicited
         self.ex.response_bytes += len(body)
         self.out.append(chunk(body) if framing.chunked else body)
 
     def on_message_complete(self) -> None:
         if self.interim:
-            # 100 Continue, 103 Early Hints: passed straight through before the final answer.
+            # 100 Continue, 103 Early Hints: passed through before the final answer (hop-by-hop
+            # headers dropped, as from the final one), a bounded number of them.
+            self.interims += 1
+            if self.interims > MAX_INTERIM:
+                raise UpstreamProtocolError("more than 16 interim (1xx) responses")
             lines = [b"HTTP/1.1 %d " % self.parser.get_status_code() + (self.reason or b"Continue")]
-            lines += [n + b": " + v for n, v in self.headers]
+            lines += [n + b": " + v for n, v in self.headers if n not in HOP_BY_HOP]
             self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
             return
         self._complete()
@@ -165,16 +194,33 @@ class ResponseRelay:
 
     def feed(self, data: bytes) -> None:
         self.received = True
-        if self.complete:  # bytes after a HEAD answer or a bodiless status: not reusable
-            self.keep_alive = False
+        if self.complete:  # bytes after the response: owed to nobody
+            self._unsolicited()
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(UpstreamProtocolError("upstream tried to switch protocols"))
+            if self.complete:
+                self._unsolicited()
+            else:
+                self._fail(UpstreamProtocolError("upstream tried to switch protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
+            cause = exc.__context__
+            if self.complete:  # the answer is whole; what follows it is not for this client
+                self._unsolicited()
+            elif isinstance(cause, UpstreamProtocolError):
+                self._fail(cause)
+            else:
+                self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
         self._flush()
+
+    def _unsolicited(self) -> None:
+        """Bytes past the one response owed: dropped with the connection, never relayed."""
+        self.keep_alive = False
+        if not self.unsolicited:
+            self.unsolicited = True
+            self.conn.transport.close()  # it is never pooled again
+            self.tunnel.server.upstream_unsolicited(self.route.key, self.route.upstream)
 
     def _flush(self) -> None:
         tunnel = self.tunnel
@@ -208,6 +254,10 @@ class ResponseRelay:
     def timeout(self) -> None:
         if self.framing is None:
             self._fail(UpstreamTimeout("upstream response timeout"))
+
+    def fail(self, exc: Exception) -> None:
+        """The exchange cannot go on (its request body failed): end it with `exc`."""
+        self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
         if self.framing is None:
@@ -260,7 +310,7 @@ class Forwarder:
 
     def _start_now(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> bool:
         head = ex.head
-        if head is None or ex.error is not None or (ex.prev is not None and not ex.prev.finished):
+        if head is None or ex.error is not None:
             return False
         body = ex.body
         if head.has_body and not (body.done and not body.failed):
@@ -352,12 +402,11 @@ class Forwarder:
     async def _forward(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
         server = self.server
         log = server.log
-        if ex.prev is not None:
-            await _wait_finished(ex.prev)
         head = ex.head
         if ex.error is not None:
             raise ex.error
         assert head is not None
+        ex.body.check()  # refused while it waited its turn (400, 408, 413): nothing goes upstream
         if tunnel.sni_host is not None and tunnel.sni_host != head.host:
             self._log_started(ex)
             server.sni_mismatch(tunnel, head.host)
@@ -398,9 +447,20 @@ class Forwarder:
             ex.close_after = True
             tunnel.close_abruptly()
             return True
+        if isinstance(exc, BodyAborted):
+            ex.status = ex.status or 499
+            ex.reason = "the tunnel went away during the request body"
+            ex.close_after = True
+            return True
         if isinstance(exc, asyncio.CancelledError):
             ex.status = ex.status or 499
             ex.reason = ex.reason or "cancelled: the tunnel closed or the proxy is shutting down"
+            return False
+        if isinstance(exc, Exception):
+            # A bug of ours, not the peer's: one line with its type (its text may hold request
+            # data), the client an answer or a cut, never a traceback or a task left dangling.
+            server.log.error("internal error while forwarding", error=type(exc).__name__)
+            return self._failed(tunnel, ex, ProxyError(f"internal error ({type(exc).__name__})"))
         return False
 
     def _log_started(self, ex: Exchange) -> None:
@@ -454,6 +514,8 @@ class Forwarder:
                 self._log_started(ex)  # before the connector's own lines (refused address, ...)
                 conn = await connector.connect(route)
             try:
+                if whole is None:
+                    ex.body.check()  # it failed while we connected: the upstream gets nothing
                 relay = self._send(tunnel, ex, route, conn, whole, settings, limits)
                 reusable = await self._exchange(http, ex, relay)
             except _StaleConnection:
@@ -525,6 +587,7 @@ class Forwarder:
                 head = ex.head
                 assert head is not None
                 sender = self.server.loop.create_task(self._send_body(http, ex, conn, head.chunked))
+                sender.add_done_callback(partial(_body_sent, relay))
             reusable = await relay.done
         finally:
             self._settle(relay)
@@ -565,8 +628,14 @@ class Forwarder:
             await protocol.drain()
 
 
-async def _wait_finished(prev: Exchange) -> None:
-    """Until `prev` has written all of its answer (`InnerHTTP.exchange_done` wakes us)."""
-    if not prev.finished:
-        prev.next_waiting = waiting = asyncio.get_running_loop().create_future()
-        await waiting
+def _body_sent(relay: ResponseRelay, sender: asyncio.Task[None]) -> None:
+    """A body that cannot be sent whole ends its exchange at once, answered as it failed (400,
+    408, 413, a tunnel gone), not when the upstream gives up waiting for the rest."""
+    if sender.cancelled():
+        return
+    exc = sender.exception()  # taken here: no "exception was never retrieved"
+    if exc is None:
+        return
+    if not isinstance(exc, (ProxyError, BodyAborted)):  # the upstream went while it was sent
+        exc = UpstreamProtocolError("upstream closed while the request body was sent")
+    relay.fail(exc)

@@ -3,8 +3,13 @@
 httptools (llhttp) parses requests; `http_rules.validate_request` decides what may be
 forwarded; each request becomes an `Exchange`, handed to the forwarder when its head is read
 and begun once that read has been parsed (`Forwarder.start`). Requests on one connection are
-answered strictly in order (pipelining keeps its order): each exchange waits for the one before
-it to finish writing.
+answered strictly in order (pipelining keeps its order): an exchange is handed to the forwarder
+only once the one before it has finished writing.
+
+What a hostile client can make this layer hold is bounded: at most `MAX_PIPELINED` requests
+read ahead of their turn (past that, the rest of the read waits unparsed and the tunnel stops
+reading), `BODY_HIGH_WATER` of body not yet taken by the upstream, `limits.max_header_bytes` of
+head; a body must arrive within `limits.body_timeout`.
 """
 
 from __future__ import annotations
@@ -15,20 +20,27 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from mcp_tunnel.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError
+from mcp_tunnel.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError, RequestTimeout
 from mcp_tunnel.http_rules import RequestHead, validate_request
+from mcp_tunnel.proxy.flow import BODY_HIGH_WATER, FEED_SLICE, MAX_PIPELINED, READ_BODY, READ_PIPELINE
 
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
     from mcp_tunnel.proxy.tunnel import TunnelProtocol
 
-BODY_HIGH_WATER = 1 << 20  # pause reading the tunnel when this much request body waits
+
+class BodyAborted(Exception):
+    """The request body will never be whole: the tunnel went away while it was arriving."""
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback once the rest of the read must not be parsed."""
 
 
 class BodyStream:
     """Request body chunks on their way from the tunnel to the upstream."""
 
-    __slots__ = ("_chunks", "_waiter", "buffered", "done", "failed")
+    __slots__ = ("_chunks", "_waiter", "buffered", "done", "error", "failed")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
@@ -36,6 +48,7 @@ class BodyStream:
         self.buffered = 0
         self.done = False
         self.failed = False
+        self.error: ProxyError | None = None  # the answer a failed body gets (None: the tunnel went)
 
     def feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -48,10 +61,20 @@ class BodyStream:
         if self._waiter is not None:
             self._wake()
 
-    def fail(self) -> None:
+    def fail(self, error: ProxyError | None = None) -> None:
+        """The body will not be whole: `error` is what the client is answered (400, 408, 413)."""
+        if not self.failed:
+            self.error = error
         self.failed = True
         self.done = True
+        self._chunks.clear()
+        self.buffered = 0
         self._wake()
+
+    def check(self) -> None:
+        """Raise what a failed body is answered with: nothing goes upstream after it."""
+        if self.failed:
+            raise self.error if self.error is not None else BodyAborted("request body aborted")
 
     def complete_now(self) -> bytes | None:
         """The whole body, if it has already arrived (the common small-request case)."""
@@ -66,8 +89,7 @@ class BodyStream:
         """Next chunk, or None at the end of the body."""
         while not self._chunks:
             if self.done:
-                if self.failed:
-                    raise ConnectionResetError("request body aborted")
+                self.check()
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
@@ -91,10 +113,9 @@ class Exchange:
         "close_after",
         "error",
         "finished",
+        "handed",
         "head",
         "logged_start",
-        "next_waiting",
-        "prev",
         "reason",
         "response_bytes",
         "response_started",
@@ -104,13 +125,13 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, prev: Exchange | None) -> None:
-        self.prev = prev
+    def __init__(self) -> None:
         self.head: RequestHead | None = None
         self.error: ProxyError | None = None
         self.body = BodyStream()
         self.body_bytes = 0
         self.finished = False
+        self.handed = False  # given to the forwarder (only once the one before it has finished)
         self.logged_start = False  # the "request started" line is out
         self.close_after = False
         self.response_started = False
@@ -121,7 +142,6 @@ class Exchange:
         self.started = perf_counter()
         # Its task, or for one begun without a task its response's future: what `abort` cancels.
         self.running: asyncio.Future[Any] | None = None
-        self.next_waiting: asyncio.Future[None] | None = None  # the next exchange, until we finish
 
     def begun(self) -> bool:
         """Its head has been read (and judged): it is answered in turn, whatever follows."""
@@ -132,8 +152,11 @@ class InnerHTTP:
     """Parses inner requests and runs their exchanges in order."""
 
     __slots__ = (
+        "_body_timed",
+        "_eof_held",
         "_header_bytes",
         "_headers",
+        "_held",
         "_read_paused",
         "_too_large",
         "_url",
@@ -165,6 +188,9 @@ class InnerHTTP:
         self._header_bytes = 0
         self._too_large = False
         self._read_paused = False
+        self._body_timed = False  # the tunnel's deadline is the current body's
+        self._held = b""  # the rest of a read, waiting while MAX_PIPELINED requests wait their turn
+        self._eof_held = False  # the peer's close_notify came behind `_held`
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -174,6 +200,33 @@ class InnerHTTP:
     def feed(self, data: bytes) -> None:
         if self.peer_done:
             return
+        if self._held:  # more of the same read: it goes behind what waits
+            self._held += data
+            return
+        # A long read in pieces: many small pipelined requests must not become that many
+        # exchanges at once. The usual read is parsed whole, in one go.
+        start, end = 0, len(data)
+        while start < end:
+            if len(self.exchanges) >= MAX_PIPELINED:
+                self._held = data[start:]
+                self.tunnel.pause_reading(READ_PIPELINE)
+                return
+            self._parse(data if end <= FEED_SLICE else data[start : start + FEED_SLICE])
+            if self.peer_done:
+                return
+            start += FEED_SLICE
+
+    def _feed_held(self) -> None:
+        """Parse what waited for the queue of requests to shrink; read again once it is gone."""
+        data, self._held = self._held, b""
+        self.feed(data)
+        if not self._held:
+            self.tunnel.resume_reading(READ_PIPELINE)
+            if self._eof_held:
+                self._eof_held = False
+                self.peer_closed()
+
+    def _parse(self, data: bytes) -> None:
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
@@ -186,12 +239,16 @@ class InnerHTTP:
             self.on_message_complete()
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
-                self.feed(data[offset:])
+                self._parse(data[offset:])
         except httptools.HttpParserError as exc:
-            self._parse_error(exc)
+            if not isinstance(exc.__context__, _StopParsing):
+                self._parse_error(exc)
 
     def peer_closed(self) -> None:
         """The client sent close_notify: finish what is in flight, then close."""
+        if self._held:
+            self._eof_held = True  # after the requests still waiting to be parsed
+            return
         self.peer_done = True
         if not self.exchanges:
             self.tunnel.close_gracefully()
@@ -200,6 +257,7 @@ class InnerHTTP:
         """The tunnel is gone or broken: cancel every upstream exchange at once."""
         self.peer_done = True
         self.aborted = reason
+        self._held = b""
         for ex in self.exchanges:
             ex.body.fail()
             if ex.running is not None and not ex.running.done():
@@ -212,7 +270,7 @@ class InnerHTTP:
         self._headers = []
         self._header_bytes = 0
         self._too_large = False
-        ex = Exchange(self.exchanges[-1] if self.exchanges else None)
+        ex = Exchange()
         self.current = ex
         self.exchanges.append(ex)
         if len(self.exchanges) == 1:
@@ -260,27 +318,49 @@ class InnerHTTP:
             ex.close_after = True
         else:
             ex.close_after = not ex.head.keep_alive
-        self.server.forwarder.start(self.tunnel, self, ex)
+            if ex.head.has_body:  # until its last byte, the body's deadline is the tunnel's
+                self._body_timed = True
+                self.tunnel.set_timer(self.limits.body_timeout, self._body_timeout)
+        self._hand_over(ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
-        if ex is None or ex.error is not None:
+        if ex is None or ex.error is not None or ex.body.failed:
             return
         ex.body_bytes += len(body)
         limit = self.limits.max_body_bytes
         if limit and ex.body_bytes > limit:
-            ex.body.fail()
-            return
+            self._fail_body(ex, BodyTooLarge("request body over the limit"))
+            raise _StopParsing  # the rest of this read is never parsed
         ex.body.feed(body)
         if ex.body.buffered > BODY_HIGH_WATER and not self._read_paused:
             self._read_paused = True
-            if self.tunnel.transport is not None:
-                self.tunnel.transport.pause_reading()
+            self.tunnel.pause_reading(READ_BODY)
 
     def on_message_complete(self) -> None:
         ex = self.current
         if ex is not None:
             ex.body.end()
+            if self._body_timed:
+                self._body_timed = False
+                if not ex.finished:  # once finished, the exchange's end set the next deadline
+                    self.tunnel.cancel_timer()
+        self.current = None
+
+    def _hand_over(self, ex: Exchange) -> None:
+        """Give a judged exchange to the forwarder once it is its turn (see `exchange_done`)."""
+        if self.exchanges and self.exchanges[0] is ex and not ex.handed:
+            ex.handed = True
+            self.server.forwarder.start(self.tunnel, self, ex)
+
+    def _fail_body(self, ex: Exchange, error: ProxyError) -> None:
+        """A body that cannot be forwarded whole: its exchange is answered `error` (or cut, once
+        its answer has begun), nothing more of it goes upstream, and the tunnel closes after."""
+        self.server.log.info("request body refused", peer=self.tunnel.peer, reason=error.reason)
+        ex.body.fail(error)
+        ex.close_after = True
+        self.peer_done = True  # stop parsing: what follows the body cannot be trusted
+        self._held = b""
         self.current = None
 
     # --- errors and timers --------------------------------------------------------------
@@ -288,8 +368,14 @@ class InnerHTTP:
     def _parse_error(self, exc: Exception) -> None:
         """A malformed request: answer it in turn, then close; nothing reaches an upstream."""
         ex = self.current
+        if ex is not None and ex.head is not None and not ex.body.done:
+            # In the body of a request already judged (a broken chunk): that exchange ends
+            # now with 400 (its upstream exchange, if begun, is cut), not a new one after it.
+            refused = BadRequest(f"malformed request body: {exc}", body="Bad request: malformed body")
+            self._fail_body(ex, refused)
+            return
         if ex is None or ex.begun():
-            ex = Exchange(self.exchanges[-1] if self.exchanges else None)
+            ex = Exchange()
             self.exchanges.append(ex)
         cause = exc.__context__ or exc
         if self._too_large or isinstance(cause, HeadersTooLarge):
@@ -300,7 +386,14 @@ class InnerHTTP:
         ex.body.fail()
         self.current = None
         self.peer_done = True  # stop parsing; the connection closes after the answer
-        self.server.forwarder.start(self.tunnel, self, ex)
+        self._held = b""
+        self._hand_over(ex)
+
+    def _body_timeout(self) -> None:
+        self._body_timed = False
+        ex = self.current
+        if ex is not None and ex.head is not None and not ex.body.done:
+            self._fail_body(ex, RequestTimeout("request body not received within limits.body_timeout"))
 
     def _header_timeout(self) -> None:
         self.server.log.info("request header timeout, closing tunnel", peer=self.tunnel.peer)
@@ -317,22 +410,24 @@ class InnerHTTP:
     # --- called by the forwarder --------------------------------------------------------
 
     def body_consumed(self) -> None:
-        if self._read_paused and self.tunnel.transport is not None:
+        if self._read_paused:
             self._read_paused = False
-            self.tunnel.transport.resume_reading()
+            self.tunnel.resume_reading(READ_BODY)
 
     def exchange_done(self, ex: Exchange) -> None:
         ex.finished = True
-        waiting = ex.next_waiting
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
-        if self.exchanges and self.exchanges[0] is ex:
-            self.exchanges.pop(0)
+        exchanges = self.exchanges
+        if exchanges and exchanges[0] is ex:
+            exchanges.pop(0)
         self.body_consumed()
-        if ex.close_after or (self.peer_done and not self.exchanges):
+        if exchanges and exchanges[0].begun():
+            self._hand_over(exchanges[0])  # its turn (after a close, it ends as cancelled)
+        if self._held and len(exchanges) < MAX_PIPELINED and not ex.close_after:
+            self._feed_held()
+        if ex.close_after or (self.peer_done and not exchanges):
             self.abort("closing after response")
             self.tunnel.close_gracefully()
-        elif not self.exchanges:
+        elif not exchanges:
             if self.current is None:
                 self.parser = None  # between requests, nothing half-parsed: see __init__
             self._arm_idle()

@@ -74,6 +74,7 @@ class ProxyServer:
             self.log,
             resolver=self.resolver,
             connect_timeout=config.limits.upstream_connect_timeout,
+            on_unsolicited=self.upstream_unsolicited,
         )
         if watcher is not None:
             self.watcher = watcher
@@ -104,7 +105,14 @@ class ProxyServer:
     def sweep_interval(self) -> float:
         """How often connection deadlines are checked: for the shortest connection timeout."""
         lim = self.limits
-        shortest = min(lim.handshake_timeout, lim.header_timeout, lim.idle_timeout, lim.ws_ping_interval)
+        shortest = min(
+            lim.handshake_timeout,
+            lim.header_timeout,
+            lim.idle_timeout,
+            lim.ws_ping_interval,
+            lim.body_timeout,
+            lim.write_timeout,
+        )
         return check_interval(shortest)
 
     async def _sweep(self) -> None:
@@ -117,10 +125,13 @@ class ProxyServer:
         while True:
             await asyncio.sleep(self.sweep_interval())
             now = self.loop.time()
+            write_timeout = self.limits.write_timeout
             for tunnel in list(self.tunnels):
                 deadline = tunnel.deadline
                 if deadline and deadline <= now:
                     tunnel.fire_deadline()
+                if tunnel.stalled_since:
+                    tunnel.check_stalled(now, write_timeout)
             if now >= next_ping:
                 interval = self.limits.ws_ping_interval
                 for tunnel in list(self.tunnels):
@@ -276,6 +287,13 @@ class ProxyServer:
         self.metrics.sni_mismatch()
         if self.log.debug_enabled:
             self.log.debug("sni differs from host", peer=tunnel.peer, sni=tunnel.sni or "-", host=host)
+
+    def upstream_unsolicited(self, route: str, upstream: str) -> None:
+        """An upstream sent bytes outside the response owed: its connection is closed."""
+        self.metrics.upstream_unsolicited(route)
+        self.log.warn(
+            "upstream sent bytes outside a response, connection closed", route=route, upstream=upstream
+        )
 
     def request_finished(self, ex: Exchange, seconds: float) -> None:
         # Counted with the log's next flush, off the way of the answer and of the next request;

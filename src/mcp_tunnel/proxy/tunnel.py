@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from mcp_tunnel.proxy.flow import HIGH_WATER, MAX_MESSAGE, READ_BACKLOG
 from mcp_tunnel.proxy.http_server import InnerHTTP
 from mcp_tunnel.routing import normalize_host
 from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
@@ -41,10 +42,8 @@ if TYPE_CHECKING:
     from mcp_tunnel.proxy.server import ProxyServer
 
 
-MAX_MESSAGE = 1 << 20  # larger incoming messages close with 1009
 MAX_OUT_MESSAGE = 64 * 1024
 CLOSE_WAIT_SECONDS = 5.0  # how long a closing tunnel waits for the peer's close frame
-HIGH_WATER = 256 * 1024
 
 # WebSocket states: before the 101, open, our close frame sent, closing handshake over.
 CONNECTING, OPEN, CLOSE_SENT, CLOSED = 0, 1, 2, 3
@@ -78,6 +77,7 @@ class TunnelProtocol(asyncio.Protocol):
         "_on_writable",
         "_paused_writing",
         "_ping_sent",
+        "_read_paused",
         "_sniffed",
         "_text_message",
         "admitted",
@@ -90,6 +90,7 @@ class TunnelProtocol(asyncio.Protocol):
         "server",
         "sni",
         "sni_host",
+        "stalled_since",
         "state",
         "tls",
         "transport",
@@ -113,6 +114,8 @@ class TunnelProtocol(asyncio.Protocol):
         self._text_message = False
         self._sniffed = False
         self._paused_writing = False
+        self._read_paused = 0  # READ_* bits
+        self.stalled_since = 0.0  # loop time the peer stopped taking what we send; 0: it takes it
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._on_writable: list[Callable[[], object]] = []
         # One deadline per connection (handshake, header read, idle, close), checked by the
@@ -147,10 +150,20 @@ class TunnelProtocol(asyncio.Protocol):
         self.server.tunnel_closed(self)
 
     def pause_writing(self) -> None:
+        """The peer is not reading what we owe it: read nothing more from it until it does.
+
+        Whatever it sends (pings, pipelined requests) makes more to send, so reading on would
+        let one peer grow our buffers without bound. A peer that stays stalled for
+        `limits.write_timeout` is dropped by the server's sweep (`check_stalled`).
+        """
         self._paused_writing = True
+        self.stalled_since = self.server.loop.time()
+        self.pause_reading(READ_BACKLOG)
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self.stalled_since = 0.0
+        self.resume_reading(READ_BACKLOG)
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -158,6 +171,31 @@ class TunnelProtocol(asyncio.Protocol):
         callbacks, self._on_writable = self._on_writable, []
         for callback in callbacks:
             callback()
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading from the peer for `reason` (a `flow.READ_*` bit) until `resume_reading`."""
+        was = self._read_paused
+        self._read_paused = was | reason
+        transport = self.transport
+        if not was and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self, reason: int) -> None:
+        was = self._read_paused
+        if not was & reason:
+            return
+        self._read_paused = now = was & ~reason
+        transport = self.transport
+        if not now and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def check_stalled(self, now: float, timeout: float) -> None:
+        """Called by the server's sweep: drop a peer that has taken nothing for `timeout`."""
+        if now - self.stalled_since >= timeout:
+            self.server.log.info("tunnel peer stopped reading, closing", peer=self.peer)
+            if self.http is not None:
+                self.http.abort("write timeout")
+            self.abort()
 
     @property
     def writable(self) -> bool:
@@ -315,12 +353,13 @@ class TunnelProtocol(asyncio.Protocol):
         handshaking = not tls.handshake_done
         try:
             plaintext = tls.receive(data)
-        except TLSHandshakeError as exc:
+        except TLSHandshakeError as failed:
             self._handshake_over = True
-            self.server.handshake_failed(self, exc.reason)
+            self.server.handshake_failed(self, failed.reason)
             self._close_ws(NORMAL_CLOSURE, "tls handshake failed")  # after the alert we generated
             return
-        except Exception as exc:  # a corrupt record after the handshake
+        except Exception as exc:  # a corrupt record after the handshake (ssl.SSLError)
+            # A name of its own: compiled, one name in two except clauses keeps the first's type.
             self.server.log.info("tls stream error", peer=self.peer, error=str(exc))
             http.abort("tls stream error")
             self._close_ws(PROTOCOL_ERROR, "tls error")

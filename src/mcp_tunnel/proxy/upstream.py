@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, Protocol
 
 from mcp_tunnel.config import UpstreamSettings
@@ -95,6 +96,9 @@ class UpstreamProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
+        # Told when the upstream sends while no response is owed (idle in the pool, or between
+        # two exchanges): such bytes would otherwise be taken as the next request's answer.
+        self.on_unsolicited: Callable[[], object] | None = None
         self.lost = False
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -109,9 +113,12 @@ class UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         sink = self.sink
         if sink is None:  # bytes on an idle keep-alive connection: it cannot be reused
-            self.lost = True
-            if self.transport is not None:
-                self.transport.close()
+            if not self.lost:
+                self.lost = True
+                if self.transport is not None:
+                    self.transport.close()
+                if self.on_unsolicited is not None:
+                    self.on_unsolicited()
             return
         sink.feed(data)
 
@@ -180,6 +187,7 @@ class Connector:
         resolver: Resolver | None = None,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        on_unsolicited: Callable[[str, str], object] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -189,6 +197,7 @@ class Connector:
         self._clock = clock
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self.closed = False
+        self._on_unsolicited = on_unsolicited  # (route key, upstream): log and count
 
     def pooled(self, route: Route) -> UpstreamConnection | None:
         """A pooled keep-alive connection that is still good, without a coroutine (the common case)."""
@@ -294,6 +303,8 @@ class Connector:
                     upstream=route.upstream,
                 )
                 continue
+            if self._on_unsolicited is not None:
+                protocol.on_unsolicited = partial(self._on_unsolicited, route.key, route.upstream)
             return UpstreamConnection(route, address, transport, protocol)
         if isinstance(last_error, UpstreamTimeout):
             raise last_error
