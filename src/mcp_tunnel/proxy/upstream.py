@@ -20,6 +20,7 @@ from typing import ClassVar, Protocol
 from mcp_tunnel.config import UpstreamSettings
 from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.dns import ThreadedResolver
 from mcp_tunnel.routing import Route
 
 POOL_IDLE_SECONDS = 4.0  # below the 5 s keep-alive of common upstream servers (uvicorn)
@@ -50,16 +51,9 @@ class Resolver(Protocol):
         ...
 
 
-class SystemResolver:
-    """getaddrinfo, IPv4 only: AAAA answers are ignored (SPEC §5)."""
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
-        seen: dict[str, None] = {}
-        for info in infos:
-            seen.setdefault(str(info[4][0]), None)
-        return list(seen)
+# getaddrinfo, IPv4 only (AAAA answers are ignored, SPEC §5), on daemon threads of its own with
+# one lookup in flight per name, so a name that never answers delays no other (proxy/dns.py).
+SystemResolver = ThreadedResolver
 
 
 def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
