@@ -76,6 +76,7 @@ class ProxyServer:
             self.log,
             resolver=self.resolver,
             connect_timeout=config.limits.upstream_connect_timeout,
+            dns_timeout=config.limits.dns_timeout,
         )
         if watcher is not None:
             self.watcher = watcher

@@ -28,7 +28,7 @@ POOL_MAX_IDLE_PER_UPSTREAM = 64
 
 
 class UpstreamDNSError(UpstreamUnreachable):
-    """The upstream's name did not resolve (fail closed)."""
+    """The upstream's name did not resolve, or not within `dns_timeout` (fail closed)."""
 
     refusal: ClassVar[str] = "dns"
 
@@ -173,12 +173,14 @@ class Connector:
         *,
         resolver: Resolver | None = None,
         connect_timeout: float = 10.0,
+        dns_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.log = log
         self.resolver: Resolver = resolver or SystemResolver()
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout  # the TCP (and TLS) connect, per address
+        self.dns_timeout = dns_timeout  # the name's resolution: a 502, as a name that fails
         self.ssl_context = upstream_ssl_context(settings)
         self._clock = clock
         self._idle: dict[str, list[UpstreamConnection]] = {}
@@ -229,11 +231,16 @@ class Connector:
     async def connect(self, route: Route) -> UpstreamConnection:
         """Resolve, vet every address against the policy, connect to a vetted address."""
         try:
-            addresses = await asyncio.wait_for(
-                self.resolver.resolve(route.host, route.port), self.connect_timeout
-            )
+            resolving = self.resolver.resolve(route.host, route.port)
+            addresses = await asyncio.wait_for(resolving, self.dns_timeout)
         except TimeoutError:
-            raise UpstreamTimeout(f"resolving {route.host} timed out") from None
+            self.log.warn(
+                "upstream resolution timed out",
+                route=route.key,
+                upstream=route.upstream,
+                timeout=f"{self.dns_timeout:g}s",
+            )
+            raise UpstreamDNSError(f"resolving {route.host} timed out") from None
         except OSError as exc:
             self.log.warn(
                 "upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc)
