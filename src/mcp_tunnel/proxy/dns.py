@@ -90,7 +90,8 @@ class ThreadedResolver:
         finally:
             if waiter.cancelled():  # gave up (timeout): do not keep it until the name answers
                 with self._lock:
-                    if waiter in waiters:
+                    # Once the thread has taken the list it walks it unlocked: leave it alone.
+                    if self._inflight.get(key) is waiters:
                         waiters.remove(waiter)
 
     def _start(self, key: tuple[str, int]) -> None:
