@@ -1178,6 +1178,15 @@ def test_limits_keys_are_exactly_the_dataclass_fields(files: Files) -> None:
         assert getattr(cfg.limits, f.name) == 7, f.name
 
 
+def test_dns_timeout_is_a_go_duration(files: Files) -> None:
+    cfg = load_config(files.minimal("limits:\n  dns_timeout: 250ms\n"), environ=ENV)
+    assert cfg.limits.dns_timeout == 0.25
+    assert cfg.limits.upstream_connect_timeout == Limits().upstream_connect_timeout
+    assert load_config(files.minimal(), environ=ENV).limits.dns_timeout == 5.0
+    path = files.minimal("limits:\n  dns_timeout: 0s\n")
+    assert_shape(load_error(path), path, 9, "limits.dns_timeout", "above zero")
+
+
 def test_limits_must_be_a_mapping(files: Files) -> None:
     path = files.minimal("limits: [1]\n")
     assert_shape(load_error(path), path, 8, "limits", "must be a mapping", "found a list (!!seq)")

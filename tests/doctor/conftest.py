@@ -38,6 +38,7 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
     real_create = loop_cls.create_connection
     real_gai = loop_cls.getaddrinfo
     real_connect = socket.socket.connect
+    real_socket_gai = socket.getaddrinfo
 
     async def create_connection(
         self: Any, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
@@ -53,6 +54,13 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
             raise guard.refuse(f"resolve {host}")
         return await real_gai(self, host, port, **kw)
 
+    def socket_getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        """The proxy's resolver looks names up on threads of its own, not through the loop."""
+        guard.lookups.append(str(host))
+        if not _local(host):
+            raise guard.refuse(f"resolve {host}")
+        return real_socket_gai(host, port, *args, **kw)
+
     def connect(self: socket.socket, address: Any) -> Any:
         if isinstance(address, tuple) and not _local(address[0]):
             raise guard.refuse(f"connect {address}")
@@ -60,6 +68,7 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
 
     monkeypatch.setattr(loop_cls, "create_connection", create_connection)
     monkeypatch.setattr(loop_cls, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", socket_getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
     yield guard
     assert not guard.violations, guard.violations

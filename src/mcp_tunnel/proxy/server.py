@@ -17,7 +17,7 @@ from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
-from mcp_tunnel.proxy.upstream import Connector, Resolver
+from mcp_tunnel.proxy.upstream import Connector, Resolver, SystemResolver
 from mcp_tunnel.tls_session import make_server_context
 
 if TYPE_CHECKING:
@@ -43,7 +43,9 @@ class ProxyServer:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.log = log
-        self.resolver = resolver
+        # One resolver for the process, kept across reloads: a name that never answers holds
+        # one lookup thread however many connectors (reloads) ask for it.
+        self.resolver: Resolver = resolver or SystemResolver()
         self.metrics = metrics or Metrics()
         self.forwarder = Forwarder(self)
         self.tunnels: set[TunnelProtocol] = set()
@@ -74,6 +76,7 @@ class ProxyServer:
             self.log,
             resolver=self.resolver,
             connect_timeout=config.limits.upstream_connect_timeout,
+            dns_timeout=config.limits.dns_timeout,
             on_unsolicited=self.upstream_unsolicited,
         )
         if watcher is not None:

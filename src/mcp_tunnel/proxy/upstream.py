@@ -21,6 +21,7 @@ from typing import ClassVar, Protocol
 from mcp_tunnel.config import UpstreamSettings
 from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.dns import ThreadedResolver
 from mcp_tunnel.routing import Route
 
 POOL_IDLE_SECONDS = 4.0  # below the 5 s keep-alive of common upstream servers (uvicorn)
@@ -28,7 +29,7 @@ POOL_MAX_IDLE_PER_UPSTREAM = 64
 
 
 class UpstreamDNSError(UpstreamUnreachable):
-    """The upstream's name did not resolve (fail closed)."""
+    """The upstream's name did not resolve, or not within `dns_timeout` (fail closed)."""
 
     refusal: ClassVar[str] = "dns"
 
@@ -51,16 +52,9 @@ class Resolver(Protocol):
         ...
 
 
-class SystemResolver:
-    """getaddrinfo, IPv4 only: AAAA answers are ignored (SPEC §5)."""
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
-        seen: dict[str, None] = {}
-        for info in infos:
-            seen.setdefault(str(info[4][0]), None)
-        return list(seen)
+# getaddrinfo, IPv4 only (AAAA answers are ignored, SPEC §5), on daemon threads of its own with
+# one lookup in flight per name, so a name that never answers delays no other (proxy/dns.py).
+SystemResolver = ThreadedResolver
 
 
 def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
@@ -186,13 +180,15 @@ class Connector:
         *,
         resolver: Resolver | None = None,
         connect_timeout: float = 10.0,
+        dns_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_unsolicited: Callable[[str, str], object] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
         self.resolver: Resolver = resolver or SystemResolver()
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout  # the TCP (and TLS) connect, per address
+        self.dns_timeout = dns_timeout  # the name's resolution: a 502, as a name that fails
         self.ssl_context = upstream_ssl_context(settings)
         self._clock = clock
         self._idle: dict[str, list[UpstreamConnection]] = {}
@@ -244,11 +240,16 @@ class Connector:
     async def connect(self, route: Route) -> UpstreamConnection:
         """Resolve, vet every address against the policy, connect to a vetted address."""
         try:
-            addresses = await asyncio.wait_for(
-                self.resolver.resolve(route.host, route.port), self.connect_timeout
-            )
+            resolving = self.resolver.resolve(route.host, route.port)
+            addresses = await asyncio.wait_for(resolving, self.dns_timeout)
         except TimeoutError:
-            raise UpstreamTimeout(f"resolving {route.host} timed out") from None
+            self.log.warn(
+                "upstream resolution timed out",
+                route=route.key,
+                upstream=route.upstream,
+                timeout=f"{self.dns_timeout:g}s",
+            )
+            raise UpstreamDNSError(f"resolving {route.host} timed out") from None
         except OSError as exc:
             self.log.warn(
                 "upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc)
