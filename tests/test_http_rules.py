@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_tunnel.errors import BadRequest
+from mcp_tunnel.errors import BadRequest, VersionNotSupported
 from mcp_tunnel.http_rules import (
     Headers,
     RequestHead,
@@ -49,6 +49,15 @@ def test_refusals(headers: Headers, target: bytes, body: str) -> None:
     with pytest.raises(BadRequest) as refused:
         _ok(headers, target=target)
     assert refused.value.body == body
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "1.2", "3.0", ""])
+def test_versions_other_than_1_0_and_1_1_get_505(version: str) -> None:
+    """llhttp itself parses `HTTP/2.0` and `HTTP/0.9` request lines (and refuses 1.2 and 3.0)."""
+    with pytest.raises(VersionNotSupported) as refused:
+        validate_request("GET", b"/", version, [HOST], keep_alive=False)
+    assert (refused.value.status, refused.value.body) == (505, "HTTP version not supported")
+    assert validate_request("GET", b"/", "1.0", [HOST], keep_alive=False).host == "echo.tunnel.test"
 
 
 def test_accepted_head_and_what_is_dropped() -> None:

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from mcp_tunnel.errors import BadRequest, ProxyError
+from mcp_tunnel.errors import BadRequest, ProxyError, VersionNotSupported
 from mcp_tunnel.routing import normalize_host
 
 Headers = list[tuple[bytes, bytes]]
@@ -86,6 +86,10 @@ def validate_request(
     `headers` carry lowercased names. Raises a ProxyError subclass (its status is the answer);
     such a request never reaches an upstream.
     """
+    # 1.0 (with a Host) and 1.1 only, re-emitted upstream as 1.1; llhttp also parses `HTTP/2.0`
+    # and `HTTP/0.9` request lines, which we cannot forward faithfully.
+    if version != "1.1" and version != "1.0":
+        raise VersionNotSupported(f"HTTP/{version} request")
     # One pass picks out the headers that decide framing and routing.
     hosts: list[bytes] = []
     lengths: list[bytes] = []
@@ -160,7 +164,6 @@ def validate_request(
     drop = _dropped(_STRIP_REQUEST, connection) if connection else _STRIP_REQUEST
     forwarded = [pair for pair in headers if pair[0] not in drop]
     path = origin_target.partition(b"?")[0].decode("latin-1")
-    del version  # HTTP/1.0 is accepted with a Host; the head is re-emitted as HTTP/1.1
     return RequestHead(
         method, origin_target, host, raw_host, forwarded, content_length, chunked, keep_alive, path
     )

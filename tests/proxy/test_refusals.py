@@ -38,6 +38,9 @@ CASES = {
         400,
         "",
     ),
+    # llhttp parses these two request lines itself; the proxy answers 505 (1.2, 3.0: llhttp's 400).
+    "http2_request_line": (f"GET / HTTP/2.0\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
+    "http09_request_line": (f"GET / HTTP/0.9\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
     "oversized_headers": (
         f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 40000}\r\n\r\n",
         431,
