@@ -70,7 +70,33 @@ def _dropped(base: frozenset[bytes], connection: list[bytes]) -> frozenset[bytes
 
 # The request headers validation looks at; every other header only needs the drop-set check.
 _REQUEST_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
-_BAD_HOST_CHAR = re.compile(r"[ /\\@?#]").search
+# A host name: no userinfo, path, query, fragment or brackets (checked after any `:port` is cut).
+_BAD_HOST_CHAR = re.compile(r"[ /\\@?#\[\]]").search
+# An IPv6 literal: it has a `:`, so `[echo]` cannot route as `echo`; then an optional `:port`.
+_IPV6_AUTHORITY = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\](?::([0-9]{1,5}))?").fullmatch
+
+
+def _valid_authority(text: str) -> bool:
+    """`host[:port]` as routing assumes it, with a port a connection could use (1-65535).
+
+    `normalize_host` strips whatever follows the colon: unchecked, `echo:abc`, `echo:` and
+    `echo:0` would route as `echo`. The port is looked at only when there is a colon.
+    """
+    if ":" not in text:  # the usual Host
+        return bool(text) and _BAD_HOST_CHAR(text) is None
+    port: str | None
+    if text[0] == "[":  # not empty: it has a colon
+        shape = _IPV6_AUTHORITY(text)
+        if shape is None:
+            return False
+        port = shape.group(1)
+    else:
+        name, _, port = text.partition(":")  # a second colon fails the digits test below
+        if not name or _BAD_HOST_CHAR(name) is not None:
+            return False
+    # isdecimal() is ASCII digits here (Host is ASCII; latin-1 has no other decimals); 5 at most
+    # keeps int() cheap.
+    return port is None or (0 < len(port) <= 5 and port.isdecimal() and 0 < int(port) < 65536)
 
 
 def validate_request(
@@ -141,7 +167,7 @@ def validate_request(
         host_text = raw_host.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest("non-ASCII Host", body="Bad request: invalid Host header") from None
-    if not host_text or _BAD_HOST_CHAR(host_text):
+    if not _valid_authority(host_text):
         raise BadRequest("invalid Host", body="Bad request: invalid Host header")
     host = normalize_host(host_text)
 
@@ -150,12 +176,20 @@ def validate_request(
         if target == b"*" and method == "OPTIONS":
             pass
         elif target.startswith((b"http://", b"https://")):
-            parts = urlsplit(target.decode("latin-1"))
-            if normalize_host(parts.netloc.rpartition("@")[2]) != host or "@" in parts.netloc:
+            try:
+                parts = urlsplit(target.decode("latin-1"))
+            except ValueError:  # brackets urlsplit cannot read as an IP address
+                raise BadRequest(
+                    "invalid request target", body="Bad request: invalid request target"
+                ) from None
+            authority = parts.netloc
+            if "@" in authority or normalize_host(authority) != host:
                 raise BadRequest(
                     "absolute-form target does not match Host",
                     body="Bad request: request target does not match Host",
                 )
+            if not _valid_authority(authority):
+                raise BadRequest("invalid request target", body="Bad request: invalid request target")
             rest = parts.path or "/"
             origin_target = (rest + ("?" + parts.query if parts.query else "")).encode("latin-1")
         else:

@@ -41,6 +41,15 @@ CASES = {
     # llhttp parses these two request lines itself; the proxy answers 505 (1.2, 3.0: llhttp's 400).
     "http2_request_line": (f"GET / HTTP/2.0\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
     "http09_request_line": (f"GET / HTTP/0.9\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
+    # Ports routing would have stripped unread, sending these to `echo`.
+    "host_port_not_numeric": (f"GET / HTTP/1.1\r\nHost: {HOST}:abc\r\n\r\n", 400, "invalid Host header"),
+    "host_port_empty": (f"GET / HTTP/1.1\r\nHost: {HOST}:\r\n\r\n", 400, "invalid Host header"),
+    "host_port_out_of_range": (f"GET / HTTP/1.1\r\nHost: {HOST}:65536\r\n\r\n", 400, "invalid Host header"),
+    "absolute_form_bad_port": (
+        f"GET http://{HOST}:0/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+        400,
+        "invalid request target",
+    ),
     "oversized_headers": (
         f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 40000}\r\n\r\n",
         431,
