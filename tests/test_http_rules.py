@@ -104,6 +104,29 @@ def test_hosts_with_ports_and_ipv6_literals_accepted(raw: bytes, host: str) -> N
     assert _ok([(b"host", raw)], target=b"http://" + raw + b"/p").target == b"/p"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"transfer_encoding",  # read as Transfer-Encoding by servers that fold `_` into `-`
+        b"content_length",
+        b"x_forwarded_for",
+        b"x-custom_name",
+        b"_",
+        b"proxy-authorization",
+        b"x-real-ip",
+        b"x-forwarded-server",
+        b"x-forwarded-prefix",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+    ],
+)
+def test_dropped_request_headers(name: bytes) -> None:
+    """Dropped, not refused: the request is still served, without the header."""
+    head = _ok([HOST, (b"accept", b"*/*"), (name, b"1"), (b"x-custom-name", b"2")], method="GET")
+    assert head.headers == [(b"accept", b"*/*"), (b"x-custom-name", b"2")]
+    assert (head.content_length, head.chunked) == (None, False)  # no framing read from `_` names
+
+
 def test_accepted_head_and_what_is_dropped() -> None:
     headers = [
         HOST,

@@ -1,7 +1,8 @@
 """HTTP header rules for the forwarding hop (SPEC §5). Pure: no I/O.
 
-What the proxy refuses (request smuggling shapes), which headers it drops (hop-by-hop and
-forwarding headers nobody inside the tunnel may set) and what it sends on, in both directions.
+What the proxy refuses (request smuggling shapes, HTTP versions other than 1.0 and 1.1, a Host
+it could not route exactly), which headers it drops (hop-by-hop, forwarding headers nobody inside
+the tunnel may set, proxy credentials, names with `_`) and what it sends on, in both directions.
 The I/O layers parse bytes with httptools and hand the parsed head to these functions.
 """
 
@@ -29,11 +30,27 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Nothing inside the tunnel may claim to know the client's address or scheme.
+# Nothing inside the tunnel may claim to know the client's address, scheme or the public URL:
+# the upstream would trust it as if a proxy in front had set it. Names, not an `x-forwarded-`
+# prefix test, so the usual request pays one set lookup per header, as before.
 FORWARDING = frozenset(
-    {b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port"}
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",  # path prefix for built URLs (Spring, Werkzeug ProxyFix, Traefik)
+        b"x-forwarded-server",  # the public host name, in Jetty's authority search order
+        b"x-forwarded-scheme",  # the scheme, read by Rack alongside X-Forwarded-Proto
+        b"x-forwarded-ssl",  # `on` means https to Rack
+        b"x-real-ip",  # the client address nginx's realip module reads by default
+    }
 )
-_STRIP_REQUEST = HOP_BY_HOP | FORWARDING | {b"host", b"content-length"}
+# Credentials for a proxy, hop-by-hop by nature (RFC 9110 §11.7.2): this proxy asks for none,
+# and an upstream must never see what the client meant for one.
+PROXY_CREDENTIALS = frozenset({b"proxy-authorization"})
+_STRIP_REQUEST = HOP_BY_HOP | FORWARDING | PROXY_CREDENTIALS | {b"host", b"content-length"}
 _STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 
 # Status codes whose responses never carry a body (RFC 9110 §6.4.1).
@@ -196,7 +213,11 @@ def validate_request(
             raise BadRequest("invalid request target", body="Bad request: invalid request target")
 
     drop = _dropped(_STRIP_REQUEST, connection) if connection else _STRIP_REQUEST
-    forwarded = [pair for pair in headers if pair[0] not in drop]
+    # Names with `_` are dropped, as nginx does by default: upstream connections are pooled across
+    # tunnels, and a server that maps `_` and `-` to one CGI variable would read `Content_Length`
+    # or `X_Forwarded_For` as the real thing.
+    # (`95 in name`, not `b"_" in name`: CPython tries an int first and pays for a TypeError.)
+    forwarded = [pair for pair in headers if pair[0] not in drop and 95 not in pair[0]]
     path = origin_target.partition(b"?")[0].decode("latin-1")
     return RequestHead(
         method, origin_target, host, raw_host, forwarded, content_length, chunked, keep_alive, path
