@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_tunnel.errors import BadRequest
+from mcp_tunnel.errors import BadRequest, VersionNotSupported
 from mcp_tunnel.http_rules import (
     Headers,
     RequestHead,
@@ -16,6 +16,8 @@ from mcp_tunnel.http_rules import (
 HOST = (b"host", b"Echo.Tunnel.Test:443")
 CL, TE = b"content-length", b"transfer-encoding"
 BOTH_FRAMINGS = "Bad request: both Content-Length and Transfer-Encoding"
+BAD_HOST = "Bad request: invalid Host header"
+BAD_TARGET = "Bad request: invalid request target"
 
 
 def _ok(headers: Headers, *, method: str = "POST", target: bytes = b"/mcp?x=1") -> RequestHead:
@@ -43,12 +45,86 @@ def _ok(headers: Headers, *, method: str = "POST", target: bytes = b"/mcp?x=1") 
         ([HOST], b"http://u@echo.tunnel.test/", "Bad request: request target does not match Host"),
         ([HOST], b"mcp", "Bad request: invalid request target"),
         ([HOST], b"*", "Bad request: invalid request target"),  # only OPTIONS may say *
+        # A port routing would strip unread: every one of these would have routed as `echo`.
+        ([(b"host", b"echo:abc")], b"/", BAD_HOST),
+        ([(b"host", b"echo:")], b"/", BAD_HOST),
+        ([(b"host", b"echo:0")], b"/", BAD_HOST),
+        ([(b"host", b"echo:65536")], b"/", BAD_HOST),
+        ([(b"host", b"echo:123456")], b"/", BAD_HOST),
+        ([(b"host", b"echo:+80")], b"/", BAD_HOST),
+        ([(b"host", b"echo:8_0")], b"/", BAD_HOST),
+        ([(b"host", b"echo:80:80")], b"/", BAD_HOST),
+        ([(b"host", b":443")], b"/", BAD_HOST),
+        ([(b"host", b"::1")], b"/", BAD_HOST),  # IPv6 only in brackets
+        ([(b"host", b"[echo]")], b"/", BAD_HOST),  # brackets hold an IPv6 literal, not a name
+        ([(b"host", b"[::1]x")], b"/", BAD_HOST),
+        ([(b"host", b"[::1]:")], b"/", BAD_HOST),
+        ([(b"host", b"[::1]:0")], b"/", BAD_HOST),
+        ([(b"host", b"[::1")], b"/", BAD_HOST),
+        ([(b"host", b"echo]")], b"/", BAD_HOST),
+        # The absolute-form authority passes the same check as Host.
+        ([HOST], b"http://echo.tunnel.test:abc/", BAD_TARGET),
+        ([HOST], b"http://echo.tunnel.test:/", BAD_TARGET),
+        ([HOST], b"http://echo.tunnel.test:0/", BAD_TARGET),
+        ([HOST], b"http://echo.tunnel.test:70000/", BAD_TARGET),
+        ([HOST], b"http://echo.tunnel.test:443:443/", "Bad request: request target does not match Host"),
+        ([HOST], b"http://[echo.tunnel.test]/", BAD_TARGET),  # urlsplit's own ValueError
+        ([HOST], b"http://[::1/", BAD_TARGET),
     ],
 )  # fmt: skip
 def test_refusals(headers: Headers, target: bytes, body: str) -> None:
     with pytest.raises(BadRequest) as refused:
         _ok(headers, target=target)
-    assert refused.value.body == body
+    assert (refused.value.status, refused.value.body) == (400, body)
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "1.2", "3.0", ""])
+def test_versions_other_than_1_0_and_1_1_get_505(version: str) -> None:
+    """llhttp itself parses `HTTP/2.0` and `HTTP/0.9` request lines (and refuses 1.2 and 3.0)."""
+    with pytest.raises(VersionNotSupported) as refused:
+        validate_request("GET", b"/", version, [HOST], keep_alive=False)
+    assert (refused.value.status, refused.value.body) == (505, "HTTP version not supported")
+    assert validate_request("GET", b"/", "1.0", [HOST], keep_alive=False).host == "echo.tunnel.test"
+
+
+@pytest.mark.parametrize(
+    ("raw", "host"),
+    [
+        (b"echo:1", "echo"),
+        (b"echo:65535", "echo"),
+        (b"echo:0443", "echo"),
+        (b"Echo.Tunnel.Test.:443", "echo.tunnel.test"),
+        (b"[::1]", "::1"),
+        (b"[::1]:8080", "::1"),  # routes nowhere (route keys are names), but is a valid Host
+        (b"[::FFFF:10.0.0.1]:80", "::ffff:10.0.0.1"),
+    ],
+)
+def test_hosts_with_ports_and_ipv6_literals_accepted(raw: bytes, host: str) -> None:
+    assert _ok([(b"host", raw)]).host == host
+    assert _ok([(b"host", raw)], target=b"http://" + raw + b"/p").target == b"/p"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"transfer_encoding",  # read as Transfer-Encoding by servers that fold `_` into `-`
+        b"content_length",
+        b"x_forwarded_for",
+        b"x-custom_name",
+        b"_",
+        b"proxy-authorization",
+        b"x-real-ip",
+        b"x-forwarded-server",
+        b"x-forwarded-prefix",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+    ],
+)
+def test_dropped_request_headers(name: bytes) -> None:
+    """Dropped, not refused: the request is still served, without the header."""
+    head = _ok([HOST, (b"accept", b"*/*"), (name, b"1"), (b"x-custom-name", b"2")], method="GET")
+    assert head.headers == [(b"accept", b"*/*"), (b"x-custom-name", b"2")]
+    assert (head.content_length, head.chunked) == (None, False)  # no framing read from `_` names
 
 
 def test_accepted_head_and_what_is_dropped() -> None:

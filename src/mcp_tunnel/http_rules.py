@@ -1,7 +1,8 @@
 """HTTP header rules for the forwarding hop (SPEC §5). Pure: no I/O.
 
-What the proxy refuses (request smuggling shapes), which headers it drops (hop-by-hop and
-forwarding headers nobody inside the tunnel may set) and what it sends on, in both directions.
+What the proxy refuses (request smuggling shapes, HTTP versions other than 1.0 and 1.1, a Host
+it could not route exactly), which headers it drops (hop-by-hop, forwarding headers nobody inside
+the tunnel may set, proxy credentials, names with `_`) and what it sends on, in both directions.
 The I/O layers parse bytes with httptools and hand the parsed head to these functions.
 """
 
@@ -12,7 +13,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from mcp_tunnel.errors import BadRequest, ProxyError
+from mcp_tunnel.errors import BadRequest, ProxyError, VersionNotSupported
 from mcp_tunnel.routing import normalize_host
 
 Headers = list[tuple[bytes, bytes]]
@@ -29,11 +30,27 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Nothing inside the tunnel may claim to know the client's address or scheme.
+# Nothing inside the tunnel may claim to know the client's address, scheme or the public URL:
+# the upstream would trust it as if a proxy in front had set it. Names, not an `x-forwarded-`
+# prefix test, so the usual request pays one set lookup per header, as before.
 FORWARDING = frozenset(
-    {b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port"}
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",  # path prefix for built URLs (Spring, Werkzeug ProxyFix, Traefik)
+        b"x-forwarded-server",  # the public host name, in Jetty's authority search order
+        b"x-forwarded-scheme",  # the scheme, read by Rack alongside X-Forwarded-Proto
+        b"x-forwarded-ssl",  # `on` means https to Rack
+        b"x-real-ip",  # the client address nginx's realip module reads by default
+    }
 )
-_STRIP_REQUEST = HOP_BY_HOP | FORWARDING | {b"host", b"content-length"}
+# Credentials for a proxy, hop-by-hop by nature (RFC 9110 §11.7.2): this proxy asks for none,
+# and an upstream must never see what the client meant for one.
+PROXY_CREDENTIALS = frozenset({b"proxy-authorization"})
+_STRIP_REQUEST = HOP_BY_HOP | FORWARDING | PROXY_CREDENTIALS | {b"host", b"content-length"}
 _STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 
 # Status codes whose responses never carry a body (RFC 9110 §6.4.1).
@@ -70,7 +87,33 @@ def _dropped(base: frozenset[bytes], connection: list[bytes]) -> frozenset[bytes
 
 # The request headers validation looks at; every other header only needs the drop-set check.
 _REQUEST_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
-_BAD_HOST_CHAR = re.compile(r"[ /\\@?#]").search
+# A host name: no userinfo, path, query, fragment or brackets (checked after any `:port` is cut).
+_BAD_HOST_CHAR = re.compile(r"[ /\\@?#\[\]]").search
+# An IPv6 literal: it has a `:`, so `[echo]` cannot route as `echo`; then an optional `:port`.
+_IPV6_AUTHORITY = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\](?::([0-9]{1,5}))?").fullmatch
+
+
+def _valid_authority(text: str) -> bool:
+    """`host[:port]` as routing assumes it, with a port a connection could use (1-65535).
+
+    `normalize_host` strips whatever follows the colon: unchecked, `echo:abc`, `echo:` and
+    `echo:0` would route as `echo`. The port is looked at only when there is a colon.
+    """
+    if ":" not in text:  # the usual Host
+        return bool(text) and _BAD_HOST_CHAR(text) is None
+    port: str | None
+    if text[0] == "[":  # not empty: it has a colon
+        shape = _IPV6_AUTHORITY(text)
+        if shape is None:
+            return False
+        port = shape.group(1)
+    else:
+        name, _, port = text.partition(":")  # a second colon fails the digits test below
+        if not name or _BAD_HOST_CHAR(name) is not None:
+            return False
+    # isdecimal() is ASCII digits here (Host is ASCII; latin-1 has no other decimals); 5 at most
+    # keeps int() cheap.
+    return port is None or (0 < len(port) <= 5 and port.isdecimal() and 0 < int(port) < 65536)
 
 
 def validate_request(
@@ -86,6 +129,10 @@ def validate_request(
     `headers` carry lowercased names. Raises a ProxyError subclass (its status is the answer);
     such a request never reaches an upstream.
     """
+    # 1.0 (with a Host) and 1.1 only, re-emitted upstream as 1.1; llhttp also parses `HTTP/2.0`
+    # and `HTTP/0.9` request lines, which we cannot forward faithfully.
+    if version != "1.1" and version != "1.0":
+        raise VersionNotSupported(f"HTTP/{version} request")
     # One pass picks out the headers that decide framing and routing.
     hosts: list[bytes] = []
     lengths: list[bytes] = []
@@ -137,7 +184,7 @@ def validate_request(
         host_text = raw_host.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest("non-ASCII Host", body="Bad request: invalid Host header") from None
-    if not host_text or _BAD_HOST_CHAR(host_text):
+    if not _valid_authority(host_text):
         raise BadRequest("invalid Host", body="Bad request: invalid Host header")
     host = normalize_host(host_text)
 
@@ -146,21 +193,32 @@ def validate_request(
         if target == b"*" and method == "OPTIONS":
             pass
         elif target.startswith((b"http://", b"https://")):
-            parts = urlsplit(target.decode("latin-1"))
-            if normalize_host(parts.netloc.rpartition("@")[2]) != host or "@" in parts.netloc:
+            try:
+                parts = urlsplit(target.decode("latin-1"))
+            except ValueError:  # brackets urlsplit cannot read as an IP address
+                raise BadRequest(
+                    "invalid request target", body="Bad request: invalid request target"
+                ) from None
+            authority = parts.netloc
+            if "@" in authority or normalize_host(authority) != host:
                 raise BadRequest(
                     "absolute-form target does not match Host",
                     body="Bad request: request target does not match Host",
                 )
+            if not _valid_authority(authority):
+                raise BadRequest("invalid request target", body="Bad request: invalid request target")
             rest = parts.path or "/"
             origin_target = (rest + ("?" + parts.query if parts.query else "")).encode("latin-1")
         else:
             raise BadRequest("invalid request target", body="Bad request: invalid request target")
 
     drop = _dropped(_STRIP_REQUEST, connection) if connection else _STRIP_REQUEST
-    forwarded = [pair for pair in headers if pair[0] not in drop]
+    # Names with `_` are dropped, as nginx does by default: upstream connections are pooled across
+    # tunnels, and a server that maps `_` and `-` to one CGI variable would read `Content_Length`
+    # or `X_Forwarded_For` as the real thing.
+    # (`95 in name`, not `b"_" in name`: CPython tries an int first and pays for a TypeError.)
+    forwarded = [pair for pair in headers if pair[0] not in drop and 95 not in pair[0]]
     path = origin_target.partition(b"?")[0].decode("latin-1")
-    del version  # HTTP/1.0 is accepted with a Host; the head is re-emitted as HTTP/1.1
     return RequestHead(
         method, origin_target, host, raw_host, forwarded, content_length, chunked, keep_alive, path
     )

@@ -38,6 +38,18 @@ CASES = {
         400,
         "",
     ),
+    # llhttp parses these two request lines itself; the proxy answers 505 (1.2, 3.0: llhttp's 400).
+    "http2_request_line": (f"GET / HTTP/2.0\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
+    "http09_request_line": (f"GET / HTTP/0.9\r\nHost: {HOST}\r\n\r\n", 505, "HTTP version not supported"),
+    # Ports routing would have stripped unread, sending these to `echo`.
+    "host_port_not_numeric": (f"GET / HTTP/1.1\r\nHost: {HOST}:abc\r\n\r\n", 400, "invalid Host header"),
+    "host_port_empty": (f"GET / HTTP/1.1\r\nHost: {HOST}:\r\n\r\n", 400, "invalid Host header"),
+    "host_port_out_of_range": (f"GET / HTTP/1.1\r\nHost: {HOST}:65536\r\n\r\n", 400, "invalid Host header"),
+    "absolute_form_bad_port": (
+        f"GET http://{HOST}:0/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+        400,
+        "invalid request target",
+    ),
     "oversized_headers": (
         f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 40000}\r\n\r\n",
         431,
@@ -62,6 +74,40 @@ async def test_refused_and_never_forwarded(
     assert resp.header("content-type") == "text/plain; charset=utf-8"
     assert upstream.requests == []
     assert upstream.connections == 0
+    await proxy.stop()
+
+
+async def test_dropped_headers_never_reach_the_upstream(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """Names with `_`, proxy credentials and client-address claims are dropped; the request is served.
+
+    A pipelined second request shows the `_` framing look-alikes changed nothing: the body was
+    framed by the real Content-Length, on a pooled connection other tunnels share.
+    """
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    conn = await proxy.client().connect(HOST)
+    await conn.send_raw(
+        (
+            f"POST /mcp HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n"
+            "Transfer_Encoding: chunked\r\nContent_Length: 99\r\nX_Forwarded_For: 6.6.6.6\r\n"
+            "Proxy-Authorization: Basic dXNlcjpwYXNz\r\nX-Real-IP: 6.6.6.6\r\n"
+            "X-Forwarded-Server: evil.example\r\nX-Kept: yes\r\n\r\nhello"
+            f"GET /next HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+        ).encode()
+    )
+    for expected in (b"POST /mcp 5\n", b"GET /next 0\n"):
+        resp = await conn.read_response()
+        assert resp.status == 200
+        assert await resp.read() == expected
+    first, second = upstream.requests
+    names = {name.lower() for name, _ in first.headers}
+    assert not {n for n in names if "_" in n}, names
+    for dropped in ("proxy-authorization", "x-real-ip", "x-forwarded-server", "transfer-encoding"):
+        assert dropped not in names, dropped
+    assert first.header("content-length") == "5" and first.body == b"hello"
+    assert first.header("x-kept") == "yes"
+    assert second.target == "/next"
     await proxy.stop()
 
 
