@@ -293,9 +293,11 @@ class Connector:
             except TimeoutError:
                 last_error = UpstreamTimeout(f"connect to {route.upstream} timed out")
                 continue
-            except ssl.SSLError as exc:
-                self.log.warn("upstream tls failed", route=route.key, upstream=route.upstream, error=str(exc))
-                raise UpstreamTLSError(f"upstream TLS failed: {exc}") from None
+            except ssl.SSLError as tls_failed:  # its own name: see TunnelProtocol._ciphertext
+                self.log.warn(
+                    "upstream tls failed", route=route.key, upstream=route.upstream, error=str(tls_failed)
+                )
+                raise UpstreamTLSError(f"upstream TLS failed: {tls_failed}") from None
             except OSError as exc:
                 last_error = exc
                 self.log.warn(
