@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import shutil
 import signal
@@ -23,6 +24,13 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
+
+from mcp_tunnel.errors import UsageError
+
+# The demo and the sample server need the `demo` extra (pyproject.toml): the official MCP Python
+# SDK and what they import from its dependencies. The proxy and every other command do without.
+DEMO_EXTRA = "mcp-tunnel[demo]"
+DEMO_MODULES = ("mcp", "httpx2", "uvicorn", "starlette")
 
 DOMAIN = "demo.mcp-tunnel.test"
 ROUTE = "echo"
@@ -80,10 +88,20 @@ def _bound_socket() -> socket.socket:
     return sock
 
 
+def require_demo_extra(what: str = "the demo") -> None:
+    """One line and exit 2 (UsageError) when the `demo` extra is not installed."""
+    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        absent = ", ".join(missing)
+        install = f"pip install '{DEMO_EXTRA}'"
+        raise UsageError(f"{what} needs the MCP Python SDK ({absent} not installed): {install}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mcp-tunnel demo", description="The whole MCP tunnel stack on loopback.")
     p.add_argument("--once", action="store_true", help="exit after the MCP session (non-zero on failure)")
     args = p.parse_args(argv)
+    require_demo_extra()
     # The libraries' own INFO chatter would drown the steps; the proxy logs to a file.
     logging.basicConfig(level=logging.WARNING)
     for name in ("mcp", "httpx2", "websockets", "uvicorn"):

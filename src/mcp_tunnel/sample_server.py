@@ -2,18 +2,24 @@
 
 One tool, `hello`, served over streamable HTTP. Bound to loopback the SDK refuses any Host but
 its own (DNS-rebinding protection); `allowed_hosts` adds the tunnel hostnames it answers to.
+The SDK comes with the `demo` extra (`pip install 'mcp-tunnel[demo]'`); it is imported where it
+is used, so without it `python -m mcp_tunnel.sample_server` says so in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+    from starlette.applications import Starlette
 
 
 def build_server(name: str = "mcp-tunnel-sample") -> MCPServer:
+    from mcp.server.mcpserver import MCPServer
+
     server: MCPServer = MCPServer(name)
 
     @server.tool()
@@ -31,6 +37,8 @@ def build_server(name: str = "mcp-tunnel-sample") -> MCPServer:
 
 def build_app(*, json_response: bool = False, allowed_hosts: list[str] | None = None) -> Starlette:
     """The ASGI app; with `allowed_hosts` those Host values pass the rebinding check too."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
     security = None
     if allowed_hosts is not None:
         security = TransportSecuritySettings(
@@ -41,7 +49,8 @@ def build_app(*, json_response: bool = False, allowed_hosts: list[str] | None = 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mcp_tunnel.sample_server --port 9000`: for Compose and manual trials."""
-    import uvicorn
+    from mcp_tunnel.demo import require_demo_extra
+    from mcp_tunnel.errors import UsageError
 
     p = argparse.ArgumentParser(prog="python -m mcp_tunnel.sample_server")
     p.add_argument("--host", default="127.0.0.1")
@@ -49,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allowed-host", action="append", default=None, help="extra Host value to accept")
     p.add_argument("--json", action="store_true", help="JSON responses instead of SSE")
     args = p.parse_args(argv)
+    try:
+        require_demo_extra("the sample server")
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    import uvicorn
+
     uvicorn.run(
         build_app(json_response=args.json, allowed_hosts=args.allowed_host), host=args.host, port=args.port
     )
