@@ -9,6 +9,7 @@
 # Reproducible: the base image is pinned by digest (override with --build-arg PYTHON_IMAGE=...),
 # every Python dependency is pinned with all its hashes (docker/requirements.*.txt, regenerated
 # by docker/relock from requirements.lock) and installed with --require-hashes from wheels only.
+# Only the proxy's dependencies (9 packages): not the demo extra, the MCP Python SDK and its ~24.
 # Runs as uid/gid 65532, needs no capability and no writable path: works with --read-only,
 # --cap-drop ALL, no-new-privileges and /data mounted read-only. No shell tools are added
 # (no curl): the HEALTHCHECK is a Python script using urllib.
