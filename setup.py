@@ -30,7 +30,7 @@ def native_extensions() -> list[Any]:
         return []
     if not BUILD_COMMANDS.intersection(sys.argv[1:]):
         return []
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if shutil.which(compiler) is None or not headers.is_file():
         missing = "a C compiler" if shutil.which(compiler) is None else f"Python's headers ({headers})"

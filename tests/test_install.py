@@ -44,8 +44,8 @@ def _pure() -> bool:
 
 
 def _can_compile() -> bool:
-    """setup.py's own test: a C compiler and Python's headers (the venv has the same Python)."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    """setup.py's own test: a C compiler ($CC, else Python's) and Python's headers."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     return shutil.which(compiler) is not None and headers.is_file()
 
@@ -108,6 +108,28 @@ def test_the_sdk_is_the_demo_extra_only() -> None:
     extra = {Requirement(r).name.lower() for r in project["optional-dependencies"]["demo"]}
     assert {"mcp", "httpx2", "uvicorn", "starlette"} <= extra
     assert "mcp-tunnel[demo]" in project["optional-dependencies"]["dev"]
+
+
+def test_requirements_lock_pins_every_direct_requirement_and_extra() -> None:
+    """./dev installs requirements.lock instead of the extras: it must hold the same versions."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if name:
+            lock[canonicalize_name(name)] = version
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    wanted = [*project["dependencies"], *pyproject["build-system"]["requires"]]
+    wanted += [r for extra in project["optional-dependencies"].values() for r in extra]
+    for req in map(Requirement, wanted):
+        if req.name == "mcp-tunnel":
+            continue
+        assert req.specifier.contains(lock.get(canonicalize_name(req.name), "")), (req, "not in the lock")
 
 
 def test_the_sdist_holds_what_the_build_needs(tmp_path: Path) -> None:
