@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcp_tunnel.native import MODULES, compiled_modules, source_path, stale_modules
+from support.builds import build_env, built_in_place
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -46,25 +47,6 @@ def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
     assert stale_modules(tmp_path) == [MODULES[2]]
 
 
-def _compiled_in_subprocess(pure: str | None) -> list[str]:
-    """`compiled_modules()` in a fresh interpreter on this checkout, with MCP_TUNNEL_PURE as given."""
-    env = {k: v for k, v in os.environ.items() if k != "MCP_TUNNEL_PURE"}
-    env["PYTHONPATH"] = str(SRC)
-    if pure is not None:
-        env["MCP_TUNNEL_PURE"] = pure
-    code = "import json, mcp_tunnel.native as n; print(json.dumps(n.compiled_modules()))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return list(json.loads(out.stdout))
-
-
-def _built_in_place() -> bool:
-    return all(
-        any(source_path(SRC, name).parent.glob(name.rpartition(".")[2] + ".*.so")) for name in MODULES
-    )
-
-
 @pytest.mark.parametrize("value", ["1", "yes"])
 def test_mcp_tunnel_pure_loads_the_source_even_next_to_compiled_modules(value: str) -> None:
     """The runtime switch: the same checkout runs pure Python, whether or not it is built."""
@@ -73,6 +55,18 @@ def test_mcp_tunnel_pure_loads_the_source_even_next_to_compiled_modules(value: s
 
 @pytest.mark.parametrize("value", [None, "", "0"])
 def test_without_mcp_tunnel_pure_the_compiled_modules_load(value: str | None) -> None:
-    if not _built_in_place():
+    if not built_in_place():
         pytest.skip("no compiled modules in this checkout (MCP_TUNNEL_PURE=1 ./dev removes them)")
     assert _compiled_in_subprocess(value) == list(MODULES)
+
+
+def _compiled_in_subprocess(pure: str | None) -> list[str]:
+    """`compiled_modules()` in a fresh interpreter on this checkout, with MCP_TUNNEL_PURE as given."""
+    env = build_env("compiled")
+    if pure is not None:
+        env["MCP_TUNNEL_PURE"] = pure
+    code = "import json, mcp_tunnel.native as n; print(json.dumps(n.compiled_modules()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return list(json.loads(out.stdout))
