@@ -59,7 +59,7 @@ def hostile(build: str, pki: PKI, tmp: Path, healthy_upstream: HealthyUpstream) 
         all_routes = {HEALTHY: healthy_upstream.url, **(routes or {})}
         proxy = HostileProxy(build, pki, tmp / f"proxy{len(started)}", all_routes, healthy_upstream, **extra)
         started.append(proxy)
-        return proxy
+        return proxy.start()
 
     yield start
     for proxy in started:
@@ -87,5 +87,5 @@ def shared_proxy(
 ) -> Iterator[HostileProxy]:
     directory = tmp_path_factory.mktemp("shared")
     proxy = HostileProxy(build, pki, directory, {HEALTHY: healthy_upstream.url}, healthy_upstream)
-    yield proxy
+    yield proxy  # started by the first case's `begin()`
     proxy.kill()

@@ -51,7 +51,7 @@ HEALTHY = "ok"  # the route every proxy here has, to a well-behaved upstream
 
 
 class HostileProxy:
-    """`python -m mcp_tunnel proxy -config FILE` of one build, stderr collected."""
+    """`python -m mcp_tunnel proxy -config FILE` of one build, stderr collected (`start` runs it)."""
 
     def __init__(
         self,
@@ -72,14 +72,25 @@ class HostileProxy:
         extra.setdefault("shutdown_timeout", "2s")
         extra["limits"] = {**LIMITS, **extra.get("limits", {})}
         self.config_path = write_config(directory, pki, routes, **extra)
-        self.proc = ProxyProcess(["-config", str(self.config_path)], cmd="-m", env=build_env(build))
         self.finished = False
         self._normal = 0  # normal requests made by `answers_normally`
-        try:
-            self.proc.wait_for("msg=listening", timeout=15)
-        except BaseException:
-            self.kill()
-            raise
+        self._proc: ProxyProcess | None = None
+
+    def start(self) -> HostileProxy:
+        """Start the process (once) and wait for it to listen."""
+        if self._proc is None:
+            self._proc = ProxyProcess(["-config", str(self.config_path)], cmd="-m", env=build_env(self.build))
+            try:
+                self._proc.wait_for("msg=listening", timeout=15)
+            except BaseException:
+                self.kill()
+                raise
+        return self
+
+    @property
+    def proc(self) -> ProxyProcess:
+        assert self._proc is not None, "the proxy was not started"
+        return self._proc
 
     @property
     def pid(self) -> int:
@@ -171,6 +182,7 @@ class HostileProxy:
     def begin(self) -> int:
         """A case on a shared proxy starts: checks the build, returns the mark for `check`."""
         assert_build(self.build)
+        self.start()  # the first case starts it: a build that cannot start fails that case
         assert self.proc.proc.poll() is None, f"the proxy has exited:\n{self.log()}"
         return self.mark()
 
@@ -201,7 +213,8 @@ class HostileProxy:
         assert code == 0, f"exit code {code}:\n{self.log()}"
 
     def kill(self) -> None:
-        self.proc.__exit__()
+        if self._proc is not None:
+            self._proc.__exit__()
 
 
 StartProxy = Callable[..., HostileProxy]  # the `hostile` fixture: start(routes, **config)
