@@ -27,7 +27,7 @@ from support.hostile import (
     follow_up,
     ok_response,
 )
-from support.rawtunnel import HTTPResponse
+from support.rawtunnel import HTTPResponse, after_responses
 from support.upstreams import Received
 
 UP = "up.tunnel.test"
@@ -152,6 +152,8 @@ async def test_hostile_upstream_answer(hostile: StartProxy, upstreams: MakeUpstr
             assert case.accept(got), f"{got}: {what()}"
         else:
             assert got == case.finals, what()
+        extra = after_responses(bytes(first.plain), [case.method], eof=first.eof)
+        assert not extra, f"bytes beyond the one answer reached the client: {extra[:200]!r}\n{what()}"
     if case.stray:
         assert served and await all_ended(served), (
             f"the upstream connection that misbehaved stays open: {what()}"

@@ -231,6 +231,7 @@ class HealthyUpstream:
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
+        self.complete: set[int] = set()  # indexes in `seen` of the requests whose body ended
         self._lock = threading.Lock()
         upstream = self
 
@@ -252,8 +253,14 @@ class HealthyUpstream:
             return len(self.seen)
 
     def seen_since(self, mark: int) -> list[bytes]:
+        """The heads that arrived since `mark()`, their body complete or not."""
         with self._lock:
             return self.seen[mark:]
+
+    def completed_since(self, mark: int) -> list[bytes]:
+        """The heads of the requests that arrived whole since `mark()`."""
+        with self._lock:
+            return [head for i, head in enumerate(self.seen) if i >= mark and i in self.complete]
 
     def _serve(self, sock: socket.socket) -> None:
         upstream = self
@@ -265,6 +272,7 @@ class HealthyUpstream:
                 self.url = b""
                 self.head: list[bytes] = []
                 self.size = 0
+                self.index = -1  # of the request being read, in `seen`
                 self.answers: list[bytes] = []
 
             def on_message_begin(self) -> None:
@@ -278,12 +286,15 @@ class HealthyUpstream:
 
             def on_headers_complete(self) -> None:
                 with upstream._lock:
+                    self.index = len(upstream.seen)
                     upstream.seen.append(b"\r\n".join([parser.get_method() + b" " + self.url, *self.head]))
 
             def on_body(self, body: bytes) -> None:
                 self.size += len(body)
 
             def on_message_complete(self) -> None:
+                with upstream._lock:
+                    upstream.complete.add(self.index)
                 body = b"%s %s %d\n" % (parser.get_method(), self.url, self.size)
                 head = b"HTTP/1.1 200 OK\r\nX-Upstream: healthy\r\nContent-Length: %d\r\n\r\n" % len(body)
                 self.answers.append(head + body)

@@ -102,6 +102,15 @@ def split_responses(data: bytes, methods: Sequence[str], *, eof: bool = False) -
     """The complete responses at the start of `data`, interim ones included, for requests with
     `methods` in order (a HEAD answer has no body); a close-delimited body counts only at `eof`.
     Raises NotHTTP at the first byte that cannot be part of a response."""
+    return _split(data, methods, eof)[0]
+
+
+def after_responses(data: bytes, methods: Sequence[str], *, eof: bool = False) -> bytes:
+    """What follows the complete responses at the start of `data` (see `split_responses`)."""
+    return data[_split(data, methods, eof)[1] :]
+
+
+def _split(data: bytes, methods: Sequence[str], eof: bool) -> tuple[list[HTTPResponse], int]:
     out: list[HTTPResponse] = []
     pos, answered = 0, 0
     while pos < len(data):
@@ -135,10 +144,10 @@ def split_responses(data: bytes, methods: Sequence[str], *, eof: bool = False) -
         elif te:
             if te != "chunked":
                 raise NotHTTP(f"transfer-encoding {te!r}")
-            body, pos = _dechunk(data, start)
-            if pos < 0:
+            body, end = _dechunk(data, start)
+            if end < 0:
                 break
-            resp.body = body
+            resp.body, pos = body, end
         elif cl is not None:
             if not cl.isdigit():
                 raise NotHTTP(f"content-length {cl!r}")
@@ -151,7 +160,7 @@ def split_responses(data: bytes, methods: Sequence[str], *, eof: bool = False) -
             resp.body, pos = data[start:], len(data)
         out.append(resp)
         answered += 1
-    return out
+    return out, pos
 
 
 def _could_start_response(partial: bytes) -> bool:
