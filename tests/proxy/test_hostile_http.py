@@ -277,6 +277,8 @@ async def test_bad_chunked_body_is_answered_at_once(
     assert noisy == [], noisy
     assert took < PROMPT
     await proxy.finish()
+    completed = [line for line in proxy.lines(since) if "path=/chunked status=" in line]
+    assert len(completed) == 1, completed  # still one, now that the proxy has stopped
 
 
 # --- a client that leaves in the middle of an upload ----------------------------------------------

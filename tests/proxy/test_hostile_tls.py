@@ -91,7 +91,6 @@ async def test_bad_record_after_the_handshake(shared_proxy: HostileProxy, case: 
     assert tunnel.tls is not None and tunnel.tls.version() == ("TLSv1.2" if tls12 else "TLSv1.3")
     tunnel.send_message(make(tunnel))
     await _assert_tls_error_close(tunnel, shared_proxy, since)
-    await shared_proxy.wait_log("tls stream error", since=since)
     await shared_proxy.check(since)
 
 
@@ -143,20 +142,26 @@ async def test_truncated_record_then_websocket_close(shared_proxy: HostileProxy)
     assert "path=/truncated" not in shared_proxy.log(since)
 
 
+@pytest.mark.parametrize("cut", ["between-records", "mid-record"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_websocket_close_in_the_middle_of_a_request_body(
-    hostile: StartProxy, upstreams: MakeUpstream, framing: str
+    hostile: StartProxy, upstreams: MakeUpstream, framing: str, cut: str
 ) -> None:
     """SPEC §2: a WebSocket that closes without close_notify in the middle of a request aborts
     that request's upstream exchange: the upstream connection is closed at once, the request
-    never completes there, and nothing is left behind (no "Task exception was never retrieved")."""
+    never completes there, and nothing is left behind (no "Task exception was never retrieved").
+    `mid-record`: the close comes after half of a record that carries more of the body."""
     upstream = await upstreams()
     proxy = hostile({"up": upstream.url})
     tunnel = await proxy.tunnel("up")
     length = b"Content-Length: 1000" if framing == "content-length" else b"Transfer-Encoding: chunked"
     tunnel.send_plain(b"POST /upload HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n" + length + b"\r\n\r\n")
-    tunnel.send_plain(b"x" * 100 if framing == "content-length" else b"64\r\n" + b"x" * 100 + b"\r\n")
+    piece = b"x" * 100 if framing == "content-length" else b"64\r\n" + b"x" * 100 + b"\r\n"
+    tunnel.send_plain(piece)
     await asyncio.wait_for(upstream.head_arrived.wait(), PROMPT)  # the exchange is under way
+    if cut == "mid-record":
+        records = tunnel.encrypt(piece)
+        tunnel.send_message(records[: len(records) // 2])
     tunnel.send_close(1000)
     assert await tunnel.ended(PROMPT), tunnel.summary()
     assert tunnel.close_code == 1000, tunnel.summary()
