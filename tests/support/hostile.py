@@ -32,7 +32,7 @@ from support.builds import assert_build, build_env
 from support.pki import PKI
 from support.procs import ProxyProcess, free_port
 from support.proxy import write_config
-from support.rawtunnel import RawTunnel, split_responses
+from support.rawtunnel import RawTunnel
 from support.upstreams import Received, _Parser
 
 # What "at once" means: well under every timeout below, and generous for a loaded 2-core machine.
@@ -72,7 +72,6 @@ class HostileProxy:
         extra.setdefault("shutdown_timeout", "2s")
         extra["limits"] = {**LIMITS, **extra.get("limits", {})}
         self.config_path = write_config(directory, pki, routes, **extra)
-        self.finished = False
         self._normal = 0  # normal requests made by `answers_normally`
         self._proc: ProxyProcess | None = None
 
@@ -199,7 +198,6 @@ class HostileProxy:
 
     async def finish(self) -> None:
         """The oracle every case ends with (see the module docstring)."""
-        self.finished = True
         try:
             await self.answers_normally()
         except BaseException as exc:
@@ -384,10 +382,6 @@ class HostileUpstream:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def heads(self) -> list[Received]:
-        return [h for c in self.conns for h in c.heads]
-
-    @property
     def requests(self) -> list[Received]:
         return [r for c in self.conns for r in c.requests]
 
@@ -462,12 +456,3 @@ async def follow_up(tunnel: RawTunnel, host: str, path: str, methods_before: lis
     assert answers[len(methods_before) :] == [(200, b"after-ok " + path.encode())], (
         f"the follow-up {path} got someone else's answer, or more than one: {answers}"
     )
-
-
-def finals(tunnel: RawTunnel, methods: list[str]) -> list[tuple[int, bytes]]:
-    """(status, body) of the final responses on `tunnel` so far."""
-    return [
-        (r.status, r.body)
-        for r in split_responses(bytes(tunnel.plain), methods, eof=tunnel.eof)
-        if not r.interim
-    ]
