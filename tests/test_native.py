@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from mcp_tunnel.native import MODULES, compiled_modules, source_path, stale_modules
+from support.builds import build_env, built_in_place
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -39,3 +45,28 @@ def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
     assert stale_modules(tmp_path) == []  # older than the newest build
     os.utime(edited, (3000, 3000))
     assert stale_modules(tmp_path) == [MODULES[2]]
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_mcp_tunnel_pure_loads_the_source_even_next_to_compiled_modules(value: str) -> None:
+    """The runtime switch: the same checkout runs pure Python, whether or not it is built."""
+    assert _compiled_in_subprocess(value) == []
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_without_mcp_tunnel_pure_the_compiled_modules_load(value: str | None) -> None:
+    if not built_in_place():
+        pytest.skip("no compiled modules in this checkout (MCP_TUNNEL_PURE=1 ./dev removes them)")
+    assert _compiled_in_subprocess(value) == list(MODULES)
+
+
+def _compiled_in_subprocess(pure: str | None) -> list[str]:
+    """`compiled_modules()` in a fresh interpreter on this checkout, with MCP_TUNNEL_PURE as given."""
+    env = build_env("compiled")
+    if pure is not None:
+        env["MCP_TUNNEL_PURE"] = pure
+    code = "import json, mcp_tunnel.native as n; print(json.dumps(n.compiled_modules()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return list(json.loads(out.stdout))

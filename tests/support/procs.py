@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from support.builds import SRC, build_env
+
 BIN = Path(sys.executable).parent
 
 
@@ -20,18 +22,28 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    """`mcp-tunnel proxy -config FILE` in a subprocess, with its stderr collected line by line."""
+    """`mcp-tunnel proxy -config FILE` in a subprocess, with its stderr collected line by line.
+
+    It runs this checkout's code (`PYTHONPATH`), whatever the venv's editable install points at.
+    `cmd="-m"` starts it as `python -m mcp_tunnel proxy`; `env` is then the whole environment
+    (`support.builds.build_env` picks the build), otherwise it is added to the test's own.
+    """
 
     def __init__(
         self, args: list[str], *, cmd: str = "mcp-tunnel", env: dict[str, str] | None = None
     ) -> None:
-        argv = [str(BIN / cmd), *(["proxy"] if cmd == "mcp-tunnel" else []), *args]
+        if cmd == "-m":
+            argv = [sys.executable, "-m", "mcp_tunnel", "proxy", *args]
+            environ = dict(env or build_env("compiled"))
+        else:
+            argv = [str(BIN / cmd), *(["proxy"] if cmd == "mcp-tunnel" else []), *args]
+            environ = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=environ,
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
