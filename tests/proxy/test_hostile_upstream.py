@@ -88,12 +88,14 @@ CASES: dict[str, Case] = {
         CHUNKED_HEAD + b"5\r\nhello\r\n", then=b"zz\r\nxx\r\n", truncated=True
     ),
     # Interim answers, many: passed through or not, one final answer.
+    # More than 16 interim answers is a 502 (proxy/flow.py MAX_INTERIM; Go's Transport, under the
+    # official proxy, refuses more than 5): the final answer of such an upstream is never relayed.
     "flood-of-100-continue": Case(
-        b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000 + ok_response(b"final"), finals=[(200, b"final")]
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000 + ok_response(b"final"), finals=INVALID
     ),
     "flood-of-103-early-hints": Case(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 5_000 + ok_response(b"final"),
-        finals=[(200, b"final")],
+        finals=INVALID,
     ),
 }
 
