@@ -24,6 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from mcp_tunnel.cli import add_debug_flag
+
 DOMAIN = "demo.mcp-tunnel.test"
 ROUTE = "echo"
 
@@ -83,6 +85,7 @@ def _bound_socket() -> socket.socket:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mcp-tunnel demo", description="The whole MCP tunnel stack on loopback.")
     p.add_argument("--once", action="store_true", help="exit after the MCP session (non-zero on failure)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     # The libraries' own INFO chatter would drown the steps; the proxy logs to a file.
     logging.basicConfig(level=logging.WARNING)
