@@ -150,7 +150,7 @@ def _duration(flag: str, text: str, *, allow_zero: bool) -> float:
         seconds = parse_duration(text.strip())
     except ValueError as exc:
         raise UsageError(f"--{flag}={text}: {exc}") from None
-    if seconds < 0 or (seconds == 0 and not allow_zero):
+    if seconds < 0 or text.strip().startswith("-") or (seconds == 0 and not allow_zero):
         raise UsageError(f"--{flag}={text}: must be {'>= 0' if allow_zero else 'positive'}")
     return seconds
 
