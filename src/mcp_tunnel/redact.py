@@ -25,8 +25,10 @@ def register(value: str | bytes | None, label: str = REDACTED) -> None:
     changed = False
     # The value, its stripped form, its repr-escaped form (a traceback shows bytes and strings
     # as repr) and each of its lines or words long enough to be a credential on its own.
+    # Words only for credentials: a config value's words may be ordinary ones.
     pieces = [text, text.strip(), repr(text)[1:-1]]
-    pieces += [p for p in text.split() if len(p) >= 8]
+    if label == REDACTED:
+        pieces += [p for p in text.split() if len(p) >= 8]
     for piece in pieces:
         if len(piece) >= MIN_LENGTH and piece not in _values:
             _values[piece] = label
