@@ -9,8 +9,14 @@ Which URL, first match wins:
   3. No ``admin_addr`` in the config (an official config, unchanged): a TCP connect to
      ``listen_addr`` proves at least that the proxy accepts connections.
 
+``${NAME}`` in those two values is expanded exactly as the proxy expands it: with the proxy's own
+function (`mcp_tunnel.envref.expand`), imported from the installed package. The HEALTHCHECK runs
+this file with the image's venv python (/opt/mcp-tunnel/bin/python), which has the package. A
+value that came from the environment is never printed unless it proved to be host:port.
+
 Exit 0 healthy, 1 unhealthy (Docker's contract); one line on stdout says why. Stdlib only, apart
-from PyYAML, which the image ships for the proxy. Never reads anything but the config file.
+from PyYAML and mcp_tunnel, which the image ships for the proxy. Never reads anything but the
+config file.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 DEFAULT_CONFIG = "/etc/mcp-gateway/config.yaml"
 TIMEOUT = float(os.environ.get("MCP_TUNNEL_HEALTH_TIMEOUT", "3"))
@@ -61,23 +67,39 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def target_from_config(path: str) -> tuple[str, str]:
+def config_addr(path: str, field: str, raw: object, environ: Mapping[str, str]) -> tuple[str, int]:
+    """A ``host:port`` field of the config, ``${NAME}`` expanded as the proxy does."""
+    from mcp_tunnel.envref import EnvRefError, expand  # the installed package's, as the proxy's
+
+    text = str(raw)
+    try:
+        expanded = expand(text, environ).text
+    except EnvRefError as exc:
+        raise ValueError(f"{path}: {field} {text!r}: {exc}") from None
+    try:
+        return split_addr(expanded)
+    except ValueError:
+        raise ValueError(f"{path}: {field} {text!r} is not host:port") from None  # no env value
+
+
+def target_from_config(path: str, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """("http", url) for the admin endpoint, or ("tcp", "host:port") for the listener."""
     import yaml  # the image's venv ships PyYAML for the proxy
 
+    env = os.environ if environ is None else environ
     with open(path, encoding="utf-8") as fh:
         doc = yaml.safe_load(fh) or {}
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a mapping")
     admin = doc.get("admin_addr")
     if admin:
-        host, port = split_addr(admin)
+        host, port = config_addr(path, "admin_addr", admin, env)
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return "http", f"http://{netloc}/readyz"
     listen = doc.get("listen_addr")
     if not listen:
         raise ValueError(f"{path}: neither admin_addr nor listen_addr is set")
-    host, port = split_addr(listen)
+    host, port = config_addr(path, "listen_addr", listen, env)
     return "tcp", f"{host}:{port}"
 
 
@@ -109,7 +131,7 @@ def main(environ: dict[str, str] | os._Environ[str] = os.environ, argv: Sequence
     else:
         path = config_path(environ, pid1_argv() if argv is None else argv)
         try:
-            kind, target = target_from_config(path)
+            kind, target = target_from_config(path, environ)
         except (OSError, ValueError, ImportError) as exc:
             print(f"unhealthy: cannot read the proxy config: {exc}")
             return 1

@@ -38,3 +38,11 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _forget_redacted_values() -> None:
+    """The redaction list is process-wide: a test's hidden values must not mask the next one's."""
+    from mcp_tunnel import redact
+
+    redact.clear()

@@ -57,6 +57,8 @@ def test_parse_is_exact_in_nanoseconds() -> None:
         ("1d", 'time: unknown unit "d" in duration "1d"'),
         ("1s5", 'time: missing unit in duration "1s5"'),
         ("3000000h", 'time: invalid duration "3000000h"'),  # beyond int64 nanoseconds
+        ("\u0661s", 'time: invalid duration "\u0661s"'),  # Go takes ASCII digits only
+        ("1\u0661s", 'time: unknown unit "\u0661s" in duration "1\u0661s"'),
     ],
 )
 def test_parse_errors_use_go_wording(text: str, message: str) -> None:

@@ -7,10 +7,13 @@ Modules are imported lazily so that `mcp-tunnel proxy` does not pay for the setu
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
+from mcp_tunnel import redact
 from mcp_tunnel.errors import MCPTunnelError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,20 +28,57 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: mcp-tunnel COMMAND [args...]", "", "commands:"]
+    lines = ["usage: mcp-tunnel [--debug] COMMAND [args...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "--debug (before or after COMMAND): print the traceback of an internal error"]
     return "\n".join(lines)
 
 
-def run_guarded(entry: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Run a command; our own errors become one line on stderr and their exit code."""
+DEBUG_FLAGS = ("--debug", "-debug")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, *, go_style: bool = False) -> None:
+    """Every command takes ``--debug``; `run_guarded` reads it from the command line itself, so
+    it also works when the failure comes before or during parsing."""
+    names = ("-debug", "--debug") if go_style else ("--debug",)
+    help_ = "print the traceback of an internal error"
+    parser.add_argument(*names, action="store_true", default=argparse.SUPPRESS, help=help_)
+
+
+def wants_debug(argv: Sequence[str]) -> bool:
+    """``--debug`` (``-debug`` for the Go-style proxy flags) before any ``--``."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg in DEBUG_FLAGS:
+            return True
+    return False
+
+
+def run_guarded(entry: Callable[[list[str]], int], argv: list[str], *, debug: bool = False) -> int:
+    """Run a command; our own errors become one line on stderr and their exit code.
+
+    Anything else is a bug: one line naming only the exception's type (its message may hold
+    a header or a file's content), exit 1; the traceback only with ``--debug``. Every line
+    passes `redact.scrub`, so a registered credential is never printed either way.
+    """
     try:
         return entry(argv)
     except MCPTunnelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact.scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if debug or wants_debug(argv):
+            print(redact.scrub(traceback.format_exc()), file=sys.stderr, end="")
+            print(f"error: internal error ({type(exc).__name__})", file=sys.stderr)
+        else:
+            print(
+                f"error: internal error ({type(exc).__name__}); --debug prints the traceback",
+                file=sys.stderr,
+            )
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,13 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"mcp-tunnel {__version__}")
         return 0
+    debug = False
+    while args and args[0] in DEBUG_FLAGS:  # `mcp-tunnel --debug COMMAND ...`
+        debug = True
+        args = args[1:]
+    if not args:
+        print(_usage())
+        return 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     entry: Callable[[list[str]], int] = module.main
-    return run_guarded(entry, rest)
+    return run_guarded(entry, rest, debug=debug)
 
 
 def proxy_main() -> int:

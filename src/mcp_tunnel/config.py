@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from mcp_tunnel import redact
 from mcp_tunnel.duration import SECOND, parse_duration_ns
+from mcp_tunnel.envref import EnvRefError, expand
 from mcp_tunnel.errors import ConfigError
 from mcp_tunnel.ippolicy import RFC1918, IPPolicy
 from mcp_tunnel.routing import Route, Router
@@ -122,6 +124,8 @@ _ALL_FIELDS = (
     *(f"limits.{k}" for k in _LIMIT_KEYS),
 )
 
+# Variables whose values every message may show: the tunnel domain is no secret (SPEC §3).
+SHOWN_VARIABLES = frozenset({"TUNNEL_DOMAIN"})
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 HOST_HEADER_MODES = ("original", "upstream")
@@ -130,7 +134,6 @@ _OFFICIAL_SEQ_ROUTES = "cannot unmarshal !!seq into map[string]string"
 _OFFICIAL_BAD_UPSTREAM = "invalid upstream (must be scheme://host:port)"
 _UPSTREAM_EXAMPLE = "scheme://host:port with scheme http or https, e.g. http://hello-mcp:9000"
 
-_ENV_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
@@ -149,6 +152,32 @@ class _Doc:
     file: str
     environ: Mapping[str, str]
     warnings: list[str] = field(default_factory=list)
+    hidden: dict[str, str] = field(default_factory=dict)  # value from ${NAME} -> "${NAME}"
+    shown: set[str] = field(default_factory=set)  # of those, the ones that proved an address or path
+
+    def hide(self, name: str, value: str) -> None:
+        """A value from the environment: masked in every message unless it proves harmless."""
+        if name not in SHOWN_VARIABLES and len(value) >= redact.MIN_LENGTH:
+            self.hidden.setdefault(value, "${" + name + "}")
+
+    def show(self, text: str) -> None:
+        """`text` validated as a hostname, host:port, upstream URL, CIDR or path: the operator
+        needs to see it, so the environment values in it are shown."""
+        for value in self.hidden:
+            if value in text:
+                self.shown.add(value)
+
+    def mask(self, text: str) -> str:
+        for value in sorted(self.hidden, key=len, reverse=True):
+            if value not in self.shown and value in text:
+                text = text.replace(value, self.hidden[value])
+        return text
+
+    def register_hidden(self) -> None:
+        """After a successful load: the values still hidden are hidden from logs too."""
+        for value, label in self.hidden.items():
+            if value not in self.shown:
+                redact.register(value, label)
 
     def error(
         self,
@@ -161,18 +190,19 @@ class _Doc:
         detail: str | None = None,
         line: int | None = None,
     ) -> ConfigError:
+        m = self.mask
         return ConfigError(
-            message,
+            m(message),
             file=self.file,
             line=line if line is not None else (_line(node) if node is not None else None),
             field=fld,
-            found=found,
-            expected=expected,
-            detail=detail,
+            found=None if found is None else m(found),
+            expected=None if expected is None else m(expected),
+            detail=None if detail is None else m(detail),
         )
 
     def warn(self, node: Node, fld: str, message: str) -> None:
-        self.warnings.append(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " "))
+        self.warnings.append(self.mask(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " ")))
 
 
 _T = TypeVar("_T")
@@ -267,38 +297,27 @@ def _suggest(key: str, allowed: Sequence[str], prefix: str) -> str:
 
 def _expand(doc: _Doc, node: Node, fld: str, text: str) -> str:
     """Replace ``${NAME}`` from the environment and ``$$`` with ``$``; any other ``$`` is refused."""
-    out: list[str] = []
-    pos = 0
-    for m in _ENV_REF.finditer(text):
-        out.append(_no_stray_dollar(doc, node, fld, text, text[pos : m.start()]))
-        name = m.group(1)
-        if name is None:
-            out.append("$")
-        elif name in doc.environ:
-            out.append(doc.environ[name])
-        else:
+    try:
+        result = expand(text, doc.environ)
+    except EnvRefError as exc:
+        if exc.unset is not None:
             raise doc.error(
                 node,
                 fld,
-                f"environment variable {name} is not set",
+                str(exc),
                 found=_q(text),
-                expected=f"{name} set in the proxy's environment (or $$ for a literal $)",
-            )
-        pos = m.end()
-    out.append(_no_stray_dollar(doc, node, fld, text, text[pos:]))
-    return "".join(out)
-
-
-def _no_stray_dollar(doc: _Doc, node: Node, fld: str, text: str, chunk: str) -> str:
-    if "$" in chunk:
+                expected=f"{exc.unset} set in the proxy's environment (or $$ for a literal $)",
+            ) from None
         raise doc.error(
             node,
             fld,
-            "a $ must start a ${NAME} reference",
+            str(exc),
             found=_q(text),
             expected="${NAME} with NAME a variable name, or $$ for a literal $",
-        )
-    return chunk
+        ) from None
+    for name, value in result.refs:
+        doc.hide(name, value)
+    return result.text
 
 
 def _string(doc: _Doc, node: Node, fld: str, expected: str) -> str:
@@ -352,7 +371,7 @@ def _duration(doc: _Doc, node: Node, fld: str, *, allow_zero: bool) -> float:
         raise doc.error(
             node, fld, "not a duration", found=_q(text), expected=expected, detail=str(exc)
         ) from None
-    if ns < 0 or (ns == 0 and not allow_zero):
+    if ns < 0 or text.startswith("-") or (ns == 0 and not allow_zero):
         raise doc.error(node, fld, "out of range", found=_q(text), expected=expected)
     return ns / SECOND
 
@@ -388,6 +407,7 @@ def _host_port(doc: _Doc, node: Node, fld: str) -> tuple[str, int]:
             raise doc.error(node, fld, "not a valid host", found=_q(text), expected=expected)
     if not _PORT.match(port_text) or int(port_text) > 65535:
         raise doc.error(node, fld, "port must be a number from 0 to 65535", found=_q(text), expected=expected)
+    doc.show(text)
     return host, int(port_text)
 
 
@@ -470,6 +490,13 @@ def _who(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _show_path(doc: _Doc, path: str) -> None:
+    """An absolute or explicitly relative path is shown in messages; anything else from the
+    environment might be a credential put in the wrong field, so it stays masked."""
+    if path.startswith(("/", "./", "../")) and path.isprintable() and not any(c.isspace() for c in path):
+        doc.show(path)
+
+
 def _probe_readable(doc: _Doc, node: Node, fld: str, path: str) -> None:
     """Open and close: proves the proxy can read the file now; its content is checked later."""
     try:
@@ -539,6 +566,7 @@ def load_config(
         lambda n: _duration(doc, n, "shutdown_timeout", allow_zero=True),
     )
     limits = _limits_section(doc, _optional(top, "limits"))
+    doc.register_hidden()
 
     return Config(
         path=path,
@@ -635,6 +663,10 @@ def _tunnel_domain(doc: _Doc, top: _Entries, override: str | None) -> str:
             found=_q(text),
             expected="a bare domain such as abcd1234.tunnel.anthropic.com (no scheme, port, path or *.)",
         )
+    if "." in domain:
+        doc.show(text)
+    elif text in doc.hidden:
+        doc.hidden.setdefault(domain, doc.hidden[text])  # the form routes and logs will show
     return domain
 
 
@@ -648,6 +680,7 @@ def _tls_section(doc: _Doc, node: Node) -> tuple[str, str, float]:
         path = _string(doc, value, fld, "a file path")
         if not path:
             raise doc.error(value, fld, "is required", found='""', expected="a file path")
+        _show_path(doc, path)
         _probe_readable(doc, value, fld, path)
         paths.append(path)
     interval = _or(
@@ -755,6 +788,7 @@ def _allowed_ips(doc: _Doc, node: Node) -> tuple[IPv4Network, ...]:
                 found=_q(text),
                 expected="an IPv4 CIDR or address",
             )
+        doc.show(text)
         if "/" in text and str(net) != text.strip():
             doc.warn(item, item_fld, f"{text.strip()} has host bits set; using {net}")
         if net.prefixlen == 0:
@@ -771,6 +805,7 @@ def _upstream_tls(doc: _Doc, node: Node) -> UpstreamTLS:
     if ca_node is not None:
         ca_file = _string(doc, ca_node, "upstream.tls.ca_file", "a PEM file path") or None
         if ca_file is not None:
+            _show_path(doc, ca_file)
             _check_ca_bundle(doc, ca_node, "upstream.tls.ca_file", ca_file)
     system_node = _optional(entries, "include_system_cas")
     system = system_node is not None and _bool(doc, system_node, "upstream.tls.include_system_cas")
@@ -908,6 +943,7 @@ def _parse_upstream(doc: _Doc, node: Node, fld: str, text: str) -> tuple[str, st
         raise bad("has no host")
     if not (_HOSTNAME.match(host) or _ipv4_literal(host)):
         raise bad("host is not a hostname or IPv4 address")
+    doc.show(text)
     return scheme, host, int(port_text)
 
 

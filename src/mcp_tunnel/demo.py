@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.errors import UsageError
 
 # The demo and the sample server need the `demo` extra (pyproject.toml): the official MCP Python
@@ -100,6 +101,7 @@ def require_demo_extra(what: str = "the demo") -> None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mcp-tunnel demo", description="The whole MCP tunnel stack on loopback.")
     p.add_argument("--once", action="store_true", help="exit after the MCP session (non-zero on failure)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     require_demo_extra()
     # The libraries' own INFO chatter would drown the steps; the proxy logs to a file.

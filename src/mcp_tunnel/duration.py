@@ -28,7 +28,7 @@ _UNITS: dict[str, int] = {
 }
 _MAX_NS = 2**63 - 1  # Go's time.Duration is an int64 of nanoseconds
 # One component: a number (digits, optional fraction, at least one digit) and an optional unit.
-_COMPONENT = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+_COMPONENT = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")  # ASCII digits only, as Go
 
 
 def parse_duration_ns(text: str) -> int:

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from mcp_tunnel import redact
+
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 # While an event loop runs, lines are written (one system call) FLUSH_DELAY after the first of
 # them, unless a request line came in the last FLUSH_BUSY: then the flush waits FLUSH_DELAY more,
@@ -216,6 +218,8 @@ class Logger:
             self.flush()
 
     def _put(self, line: str) -> None:
+        if redact.active():  # values from ${VAR} and credentials never reach a log line
+            line = redact.scrub(line)
         try:
             self.stream.write(line)
         except (OSError, ValueError):

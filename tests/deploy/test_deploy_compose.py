@@ -50,7 +50,10 @@ def test_cloudflared_shares_the_proxy_netns(flow: str) -> None:
     assert cf["image"] == CLOUDFLARED
     command = cf["command"].split() if isinstance(cf["command"], str) else cf["command"]
     assert command[:2] == ["tunnel", "--no-autoupdate"] and "run" in command
-    assert command[command.index("--url") + 1] == "http://localhost:8080"
+    # loopback of the shared namespace (127.0.0.1: localhost may mean ::1 first)
+    assert command[command.index("--url") + 1] == "http://127.0.0.1:8080"
+    # cloudflared's metrics (also pprof and /config) stay on that loopback too
+    assert command[command.index("--metrics") + 1].startswith("127.0.0.1:")
     assert cf["environment"] == ["TUNNEL_TOKEN"]  # from the host environment, never in the file
     assert "ports" not in cf
 
@@ -58,11 +61,15 @@ def test_cloudflared_shares_the_proxy_netns(flow: str) -> None:
 @pytest.mark.parametrize("flow", FLOWS)
 def test_proxy_mounts_and_config(flow: str) -> None:
     proxy = compose(flow)["services"]["mcp-proxy"]
-    assert "./config/mcp-proxy.yaml:/etc/mcp-gateway/config.yaml:ro" in proxy["volumes"]
-    assert "./data:/data:ro" in proxy["volumes"]
+    # exactly the files it reads, read-only: never ./data whole (the CA key, the tunnel token)
+    assert proxy["volumes"] == [
+        "./config/mcp-proxy.yaml:/etc/mcp-gateway/config.yaml:ro",
+        "./data/tls.crt:/data/tls.crt:ro",
+        "./data/tls.key:/data/tls.key:ro",
+    ]
     assert "TUNNEL_DOMAIN" in proxy["environment"]  # the config's ${TUNNEL_DOMAIN}
     cfg = proxy_config(flow)
-    assert cfg["listen_addr"] == ":8080"  # cloudflared's --url
+    assert cfg["listen_addr"] == "127.0.0.1:8080"  # cloudflared's --url, in the shared namespace
     assert cfg["tls"] == {"cert_file": "/data/tls.crt", "key_file": "/data/tls.key"}
     assert cfg["tunnel_domain"] == "${TUNNEL_DOMAIN}"
     assert isinstance(cfg["routes"], dict) and cfg["routes"]  # a map, never a list
@@ -186,3 +193,26 @@ def test_example_configs_load_in_the_proxy_loader(flow: str, tmp_path: Path) -> 
     assert cfg.listen_port == 8080
     assert cfg.tunnel_domain == "abcd1234.tunnel.anthropic.com"
     assert cfg.shutdown_timeout == go_seconds(str(proxy_config(flow).get("shutdown_timeout", "30s")))
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_the_proxy_mounts_only_what_its_config_reads(flow: str) -> None:
+    proxy = compose(flow)["services"]["mcp-proxy"]
+    mounted = {v.split(":")[1] for v in proxy["volumes"]}
+    tls = proxy_config(flow)["tls"]
+    assert mounted == {"/etc/mcp-gateway/config.yaml", tls["cert_file"], tls["key_file"]}
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_the_doctor_accepts_the_shipped_compose_file(flow: str) -> None:
+    """What `doctor` recommends and what the files ship agree: every compose.* check is ok."""
+    from mcp_tunnel.doctor.model import Status
+    from mcp_tunnel.doctor.outbound import ComposeFacts, judge_compose
+
+    path = COMPOSE / flow / "docker-compose.yaml"
+    facts = ComposeFacts(
+        str(path), document=compose(flow), listen_port=8080, port_known=True, token_available=True
+    )
+    checks = {c.name: c for c in judge_compose(facts)}
+    for name in ("compose.cloudflared", "compose.url", "compose.network_mode", "compose.token"):
+        assert checks[name].status is Status.OK, (name, checks[name].message)

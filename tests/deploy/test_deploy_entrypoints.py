@@ -4,6 +4,7 @@ other subcommands), /setup, and the urllib health check against real local serve
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import shutil
 import socket
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -206,10 +208,20 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The image runs `python -I healthcheck.py` with the venv that has mcp_tunnel installed; -I
+# ignores PYTHONPATH, so here the package under test (the one these tests import) is put first
+# on sys.path by a one-line boot, then the script runs as __main__ exactly as in the image.
+_PACKAGE_ROOT = str(Path(importlib.import_module("mcp_tunnel").__file__ or "").resolve().parents[1])
+_BOOT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def run_healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Exactly as the HEALTHCHECK runs it: python -I healthcheck.py."""
+    """As the HEALTHCHECK runs it: python -I healthcheck.py, with the package under test."""
     return subprocess.run(
-        [sys.executable, "-I", str(HEALTHCHECK)],
+        [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOT, str(HEALTHCHECK)],
         env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
@@ -319,13 +331,83 @@ def test_unreadable_config_is_unhealthy(tmp_path: Path, content: str | None) -> 
     assert out.stdout.startswith("unhealthy: ") and "Traceback" not in out.stdout + out.stderr
 
 
-def test_healthcheck_uses_only_the_stdlib_and_yaml() -> None:
+def test_healthcheck_uses_only_the_stdlib_yaml_and_the_shared_expansion() -> None:
     import ast
 
     tree = ast.parse(HEALTHCHECK.read_text())
-    modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert modules <= set(sys.stdlib_module_names) | {"yaml", "__future__"}, modules
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    ours = {m for m in modules if m.split(".")[0] == "mcp_tunnel"}
+    assert ours == {"mcp_tunnel.envref"}  # stdlib-only module of the installed package
+    others = {m.split(".")[0] for m in modules - ours}
+    assert others <= set(sys.stdlib_module_names) | {"yaml", "__future__"}, others
+
+
+def test_healthcheck_and_proxy_share_one_expansion(
+    hc: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both go through mcp_tunnel.envref.expand: a spy sees the proxy's loader and the health
+    check expand the same text."""
+    import mcp_tunnel.envref as envref
+    from mcp_tunnel.config import load_config
+
+    seen: list[str] = []
+    real = envref.expand
+
+    def spy(text: str, environ: Any) -> Any:
+        seen.append(text)
+        return real(text, environ)
+
+    monkeypatch.setattr(envref, "expand", spy)
+    monkeypatch.setattr("mcp_tunnel.config.expand", spy)
+    (tmp_path / "tls.crt").write_text("")
+    (tmp_path / "tls.key").write_text("")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "listen_addr: ${LISTEN}\nadmin_addr: 127.0.0.1:${ADMIN_PORT}\n"
+        f"tls: {{cert_file: {tmp_path}/tls.crt, key_file: {tmp_path}/tls.key}}\n"
+        "routes: {echo: 'http://10.0.0.1:80'}\n"
+    )
+    env = {"LISTEN": ":8080", "ADMIN_PORT": "9191"}
+    loaded = load_config(str(cfg), environ=env)
+    proxy_seen = list(seen)
+    assert hc.target_from_config(str(cfg), env) == ("http", "http://127.0.0.1:9191/readyz")
+    assert (loaded.admin_host, loaded.admin_port) == ("127.0.0.1", 9191)
+    assert "127.0.0.1:${ADMIN_PORT}" in proxy_seen and seen[len(proxy_seen) :] == ["127.0.0.1:${ADMIN_PORT}"]
+
+
+def test_healthy_with_admin_addr_from_the_environment(admin: AdminStub, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text('listen_addr: ":8080"\nadmin_addr: ${ADMIN_ADDR}\n')
+    out = run_healthcheck({"MCP_TUNNEL_CONFIG": str(cfg), "ADMIN_ADDR": f"127.0.0.1:{admin.port}"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert admin.paths == ["/readyz"]
+
+
+def test_listen_addr_from_the_environment_and_dollar_dollar(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text('listen_addr: "${HOST}:${PORT}"\n')
+        out = run_healthcheck({"MCP_TUNNEL_CONFIG": str(cfg), "HOST": "127.0.0.1", "PORT": str(port)})
+        assert out.returncode == 0, out.stdout + out.stderr
+    cfg.write_text('listen_addr: "127.0.0.1:$$1"\n')  # a literal $: not host:port, as for the proxy
+    out = run_healthcheck({"MCP_TUNNEL_CONFIG": str(cfg)})
+    assert out.returncode == 1 and "is not host:port" in out.stdout
+
+
+def test_unset_variable_is_named_and_a_bad_value_is_not_shown(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("admin_addr: ${ADMIN_ADDR}\nlisten_addr: ':8080'\n")
+    out = run_healthcheck({"MCP_TUNNEL_CONFIG": str(cfg)})
+    assert out.returncode == 1
+    assert "environment variable ADMIN_ADDR is not set" in out.stdout, out.stdout
+    marker = "sk-ant-MARKER-0123456789"
+    out = run_healthcheck({"MCP_TUNNEL_CONFIG": str(cfg), "ADMIN_ADDR": marker})
+    assert out.returncode == 1 and "${ADMIN_ADDR}" in out.stdout and "is not host:port" in out.stdout
+    assert marker not in out.stdout + out.stderr
 
 
 def test_ipv6_admin_addr_becomes_a_bracketed_url(hc: ModuleType, tmp_path: Path) -> None:

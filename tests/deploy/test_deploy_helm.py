@@ -361,7 +361,19 @@ def test_external_mode(render: Any) -> None:
     assert r.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 100
 
 
-@pytest.mark.parametrize(("timeout", "seconds"), [("30s", 30), ("2m", 120), ("1h2m3s", 3723), ("45s", 45)])
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [
+        ("30s", 30),
+        ("2m", 120),
+        ("1h2m3s", 3723),
+        ("45s", 45),
+        ("1.5s", 2),
+        ("500ms", 1),
+        ("0", 0),
+        ("+1m0.5s", 61),
+    ],
+)
 def test_grace_period_follows_shutdown_timeout(render: Any, timeout: str, seconds: int) -> None:
     r = render(external(gateway={"config": {"shutdown_timeout": timeout}}, terminationGraceExtraSeconds=5))
     assert r.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == seconds + 5
@@ -386,14 +398,14 @@ def test_chart_always_sets_listener_tls_and_admin(render: Any) -> None:
         )
     )
     cfg = r.proxy_config
-    assert cfg["listen_addr"] == ":8080"
+    assert cfg["listen_addr"] == "127.0.0.1:8080"  # only cloudflared, in the pod's namespace
     assert cfg["admin_addr"] == ":9191"
     assert cfg["tls"] == {"cert_file": "/data/tls.crt", "key_file": "/data/tls.key", "reload_interval": "5s"}
     assert cfg["log_format"] == "json"
     assert cfg["routes"] == ROUTES
     assert cfg["upstream"]["allowed_ips"] == ["10.0.0.0/8"]
     ports = {p["name"]: p["containerPort"] for p in r.container("mcp-proxy")["ports"]}
-    assert ports == {"tunnel": 8080, "admin": 9191}
+    assert ports == {"admin": 9191}  # the tunnel listener is loopback-only: no port to declare
 
 
 def test_config_change_rolls_the_pods(render: Any) -> None:
@@ -471,8 +483,14 @@ def test_probes_use_the_admin_endpoint(render: Any) -> None:
     assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert {"name": "admin", "containerPort": 9090, "protocol": "TCP"} in proxy["ports"]
     assert r.proxy_config["admin_addr"] == ":9090"
-    cf = r.container("cloudflared")
+    # cloudflared's metrics are on loopback by default, so the kubelet cannot probe them
+    assert "livenessProbe" not in r.container("cloudflared")
+    on = render(managed(cloudflared={"metricsAddress": "0.0.0.0", "livenessProbe": {"enabled": True}}))
+    cf = on.container("cloudflared")
     assert cf["livenessProbe"]["httpGet"] == {"path": "/ready", "port": "cf-metrics"}
+    assert cf["args"][cf["args"].index("--metrics") + 1] == "0.0.0.0:2000"
+    with pytest.raises(Exception, match="kubelet cannot reach a loopback address"):
+        render(managed(cloudflared={"livenessProbe": {"enabled": True}}))
     off = render(managed(probes={"liveness": {"enabled": False}, "readiness": {"enabled": False}}))
     assert "livenessProbe" not in off.container("mcp-proxy") and "readinessProbe" not in off.container(
         "mcp-proxy"
@@ -484,7 +502,23 @@ def test_cloudflared_reaches_the_proxy_over_localhost(render: Any) -> None:
     assert cf["image"] == OFFICIAL_CLOUDFLARED
     args = cf["args"]
     assert args[0] == "tunnel" and "--no-autoupdate" in args and "run" in args
-    assert args[args.index("--url") + 1] == "http://localhost:8080"
+    # 127.0.0.1, not localhost (which may mean ::1 first): the listener is bound to IPv4 loopback
+    assert args[args.index("--url") + 1] == "http://127.0.0.1:8080"
+    # the metrics server (also pprof and /config) stays inside the pod
+    assert args[args.index("--metrics") + 1] == "127.0.0.1:2000"
+
+
+def test_listener_and_metrics_are_loopback_only(render: Any) -> None:
+    """Issue #19: nothing outside the pod can reach the tunnel listener or cloudflared's metrics."""
+    for values in (managed(), load_values(CHART / "ci" / "external-values.yaml")):
+        r = render(values)
+        assert r.proxy_config["listen_addr"] == "127.0.0.1:8080"
+        assert r.proxy_config["admin_addr"] == ":9090"  # the kubelet probes it on the pod IP
+        cf_args = r.container("cloudflared")["args"]
+        assert cf_args[cf_args.index("--metrics") + 1].startswith("127.0.0.1:")
+        assert cf_args[cf_args.index("--url") + 1] == "http://127.0.0.1:8080"
+        declared = [p["containerPort"] for c in ("mcp-proxy", "cloudflared") for p in r.container(c)["ports"]]
+        assert 8080 not in declared
 
 
 def test_image_reference(render: Any) -> None:
@@ -647,6 +681,10 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         }
     ),
     "pdb as a percentage": managed(podDisruptionBudget={"minAvailable": "50%"}),
+    "durations the proxy accepts": managed(
+        gateway={"config": {"shutdown_timeout": "1.5s", "tls": {"reload_interval": "500ms"}}},
+        serverCert={"renewBefore": "720h", "duration": "2160h0m0s"},
+    ),
     "limits with Go durations": managed(
         gateway={
             "config": {
@@ -736,3 +774,110 @@ def test_defaults_carry_every_documented_key(chart: Any) -> None:
         "tunnelTokenSecretName": "mcp-tunnel-token",
         "serverCertSecretName": "mcp-tunnel-cert",
     }
+
+
+# --- durations: the schema accepts exactly what the proxy accepts ------------------------------------
+
+DURATIONS = (
+    *("30s", "1m30s", "1.5s", "500ms", ".5s", "5.s", "1h2m3.5s", "2160h", "720h", "+30s", "1us"),
+    *("1\u00b5s", "1\u03bcs", "10ns", "0.5m", "1h0m0s", "0s1ms", "007s", "1.000000001s", "0.000001ms"),
+    *("0", "0s", "0.0s", "00m", "+0", ".0h", "0s0ms"),  # zero: shutdown_timeout only
+    *("-1s", "-0s", "-0", "30d", "30", "", "1 s", "s", ".s", "1.2.3s", "1hm", "1sm", "1S", "1h 30m"),
+    *(" 30s", "30s ", "1e3s", "0x10s", "\u0661s", "1\u0661s", "++1s", "+-1s", "1.5", "h1", "1..5s"),
+)
+# Where no regular expression can follow the parser, by design (docs/deployment.md): a duration
+# whose every part is below one nanosecond is zero to the proxy, and a total beyond Go's int64
+# of nanoseconds (~292 years) overflows. The schema accepts both; the proxy then refuses them.
+KNOWN_DIFFERENCES = ("0.1ns", "0.0001us", "3000000h")
+
+
+def _schema_at(*path: str) -> dict[str, Any]:
+    node: Any = SCHEMA
+    for key in path:
+        node = node["properties"][key]
+    assert isinstance(node, dict)
+    return node
+
+
+def _proxy_accepts(tmp_path: Path, field: str, text: str) -> bool:
+    """What the proxy's own loader (and so `mcp-proxy -check`) decides for this value."""
+    from mcp_tunnel.config import load_config
+    from mcp_tunnel.errors import ConfigError
+
+    (tmp_path / "tls.crt").write_text("")
+    (tmp_path / "tls.key").write_text("")
+    value = json.dumps(text, ensure_ascii=False)  # a YAML double-quoted string
+    body = (
+        f"shutdown_timeout: {value}\n" if field == "shutdown_timeout" else f"limits: {{{field}: {value}}}\n"
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"listen_addr: ':8080'\ntls: {{cert_file: {tmp_path}/tls.crt, key_file: {tmp_path}/tls.key}}\n"
+        f"routes: {{echo: 'http://10.0.0.1:80'}}\n{body}",
+        encoding="utf-8",
+    )
+    try:
+        load_config(str(path), environ={})
+    except ConfigError:
+        return False
+    return True
+
+
+def _setup_accepts(text: str, *, allow_zero: bool) -> bool:
+    from mcp_tunnel.errors import UsageError
+    from mcp_tunnel.setup.cli import _duration
+
+    if text != text.strip():
+        return False  # setup strips its flag; the chart passes the value as is (schema: no spaces)
+    try:
+        _duration("x", text, allow_zero=allow_zero)
+    except UsageError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "allow_zero"),
+    [
+        (("gateway", "config", "shutdown_timeout"), "shutdown_timeout", True),
+        (("gateway", "config", "limits", "idle_timeout"), "idle_timeout", False),
+        (("gateway", "config", "limits", "dns_timeout"), "dns_timeout", False),
+    ],
+)
+def test_schema_durations_are_the_proxys(
+    tmp_path: Path, where: tuple[str, ...], field: str, allow_zero: bool
+) -> None:
+    validator = jsonschema.Draft7Validator(_schema_at(*where))
+    for text in DURATIONS:
+        proxy = _proxy_accepts(tmp_path, field, text)
+        assert validator.is_valid(text) == proxy, f"{text!r}: proxy {'accepts' if proxy else 'refuses'} it"
+    for text in KNOWN_DIFFERENCES if not allow_zero else KNOWN_DIFFERENCES[-1:]:  # zero is fine there
+        assert validator.is_valid(text) and not _proxy_accepts(tmp_path, field, text), text
+    assert any(_proxy_accepts(tmp_path, field, t) for t in DURATIONS)  # the list has both kinds
+    assert not all(_proxy_accepts(tmp_path, field, t) for t in DURATIONS)
+
+
+@pytest.mark.parametrize(("key", "allow_zero"), [("renewBefore", True), ("duration", False)])
+def test_schema_durations_are_setups(key: str, allow_zero: bool) -> None:
+    validator = jsonschema.Draft7Validator(_schema_at("serverCert", key))
+    for text in DURATIONS:
+        assert validator.is_valid(text) == _setup_accepts(text, allow_zero=allow_zero), text
+
+
+def test_every_duration_field_uses_one_of_the_two_patterns() -> None:
+    cfg = ("gateway", "config")
+    limits = _schema_at(*cfg, "limits")["properties"]
+    fields = [_schema_at(*cfg, "shutdown_timeout"), _schema_at(*cfg, "tls")["properties"]["reload_interval"]]
+    fields += [v for v in limits.values() if v.get("type") == "string"]
+    fields += [_schema_at("serverCert", "renewBefore"), _schema_at("serverCert", "duration")]
+    patterns = {f["anyOf"][0]["pattern"] for f in fields}
+    assert len(fields) == 14 and len(patterns) == 2
+
+
+def test_a_days_duration_gets_a_helpful_message(chart: Any, helm: ModuleType) -> None:
+    with pytest.raises(helm.HelmValuesError) as info:
+        chart.validate_schema(managed(serverCert={"renewBefore": "30d"}))
+    assert "no d: 30 days = 720h" in str(info.value)
+    hint = _schema_at("serverCert", "renewBefore")["anyOf"][1]["const"]
+    with pytest.raises(helm.HelmValuesError):  # the hint itself is never a valid value
+        chart.validate_schema(managed(serverCert={"renewBefore": hint}))

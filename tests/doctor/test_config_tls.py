@@ -191,6 +191,9 @@ async def test_key_0600_owned_by_root_is_unreadable_by_65532(open_dir: Path, up_
     assert "mode 0600" in check.message and "uid 65532" in check.message
     assert f"open {pki.key_file}: permission denied" in check.message
     assert check.fix is not None and f"chmod 644 {pki.key_file}" in check.fix and "chown 65532" in check.fix
+    # the safe fix first; the official chmod 644 (world-readable key) as the documented alternative
+    assert check.fix.index("chown 65532") < check.fix.index("chmod 644")
+    assert "official" in check.fix[check.fix.index("chmod 644") :]
     assert failed_steps(report) == ["tls"]
 
 
@@ -237,3 +240,13 @@ def test_access_from_owner_and_mode_bits(
 def test_group_only_access_is_a_warning_that_says_why() -> None:
     check = judge_readable("key", [FileStat("/data/tls.key", 0, 4242, 0o640)], 65532)
     assert check.status is Status.WARN and "supplementary groups cannot be known" in check.message
+
+
+def test_load_error_permission_denied_fix_puts_the_safe_option_first() -> None:
+    from mcp_tunnel.doctor.configstep import config_fix
+    from mcp_tunnel.errors import ConfigError
+
+    exc = ConfigError("cannot read", detail="open /data/tls.key: permission denied")
+    fix = config_fix(exc, 65532)
+    assert fix.index("chown 65532 /data/tls.key") < fix.index("chmod 644 /data/tls.key")
+    assert "docker compose restart mcp-proxy" in fix

@@ -132,7 +132,7 @@ def test_missing_url_fails_with_the_troubleshooting_fix() -> None:
     status, fix = result["compose.url"]
     assert status == "fail"
     assert fix is not None
-    assert "--url http://localhost:8080" in fix and 'network_mode: "service:mcp-proxy"' in fix
+    assert "--url http://127.0.0.1:8080" in fix and 'network_mode: "service:mcp-proxy"' in fix
 
 
 def test_missing_network_mode_fails() -> None:
@@ -143,7 +143,7 @@ def test_missing_network_mode_fails() -> None:
 
 def test_url_must_match_the_proxy_listen_port_and_be_plain_http() -> None:
     status, fix = _judge(_compose(GOOD), port=9090, token_available=True)["compose.url"]
-    assert status == "fail" and fix is not None and "http://localhost:9090" in fix
+    assert status == "fail" and fix is not None and "http://127.0.0.1:9090" in fix
     https = {**GOOD, "command": ["tunnel", "run", "--url=https://localhost:8080"]}
     status, _ = _judge(_compose(https), token_available=True)["compose.url"]
     assert status == "fail"
@@ -174,7 +174,7 @@ async def test_compose_file_through_the_doctor_uses_the_config_port(open_dir: Pa
     report, _ = await doctor(config, compose=str(compose), environ={"TUNNEL_TOKEN": tunnel_token()})
     check = report.find("outbound", "compose.url")
     assert check is not None and check.status is Status.FAIL
-    assert check.fix is not None and "--url http://localhost:9000" in check.fix
+    assert check.fix is not None and "--url http://127.0.0.1:9000" in check.fix
     assert "No ingress rules were defined" in check.message
     assert report.steps[0].failed and not report.ok
 

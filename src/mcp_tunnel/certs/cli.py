@@ -27,6 +27,7 @@ from mcp_tunnel.certs.generate import (
     pem_cert,
     pem_key,
 )
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.errors import CertificateError, UsageError
 
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--cert", required=True, type=Path, help="server certificate PEM")
     check.add_argument("--key", type=Path, help="server private key PEM (checks that it matches)")
     check.add_argument("--domain", help="tunnel domain the SAN must cover as *.DOMAIN")
+    for parser in (p, init, issue, check):
+        add_debug_flag(parser)
     return p
 
 

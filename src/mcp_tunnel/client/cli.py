@@ -7,6 +7,8 @@ import asyncio
 import sys
 from urllib.parse import urlsplit
 
+from mcp_tunnel import redact
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.client.tunnel_client import TunnelClient, client_ssl_context
 from mcp_tunnel.errors import TunnelClientError, UsageError
 
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data", help="request body; @FILE reads a file, @- reads stdin")
     p.add_argument("-i", "--include", action="store_true", help="print the response status and headers")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for connect and response head")
+    add_debug_flag(p)
     return p
 
 
@@ -48,10 +51,18 @@ def main(argv: list[str]) -> int:
     if url.scheme != "https" or not url.hostname:
         raise UsageError(f"URL must be https://<host>/<path>, got {args.url!r}")
     headers: list[tuple[str, str]] = []
-    for h in args.header:
+    for n, h in enumerate(args.header, 1):
+        # A header may carry a credential: no message shows a value, and a value that would not
+        # fit on one header line is refused rather than sent.
         name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            raise UsageError(f"-H {h!r}: expected 'Name: value'")
+        if not sep or not name.strip() or not name.strip().isprintable() or " " in name.strip():
+            raise UsageError(f"-H (number {n}): expected 'Name: value' (the header is not shown)")
+        problem = next((c for c in value.strip() if c in "\r\n\0" or not c.isprintable()), None)
+        if problem is not None:
+            raise UsageError(
+                f"-H {name.strip()}: the value holds a line break or control character (not shown)"
+            )
+        redact.register(value.strip())
         headers.append((name.strip(), value.strip()))
     body = _body(args.data)
     method = args.method or ("POST" if body is not None else "GET")

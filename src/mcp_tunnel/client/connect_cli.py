@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.client.local_endpoint import LocalEndpoint
 from mcp_tunnel.client.tunnel_client import TunnelClient, client_ssl_context
 from mcp_tunnel.errors import UsageError
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         "--listen", default="127.0.0.1:8000", help="local HOST:PORT to serve (default 127.0.0.1:8000)"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    add_debug_flag(p)
     return p
 
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import NoReturn
 
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.doctor.context import DEFAULT_PROXY_UID, Options
 from mcp_tunnel.doctor.outbound import split_host_port
 from mcp_tunnel.doctor.runner import diagnose
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    add_debug_flag(p)
     p.add_argument("--token-file", help="file holding the tunnel token (default: $TUNNEL_TOKEN)")
     p.add_argument("--proxy-uid", type=int, default=DEFAULT_PROXY_UID, help="the proxy's uid (default 65532)")
     p.add_argument("--edge", action="store_true", help="also test DNS and TCP 7844 to the tunnel edge")

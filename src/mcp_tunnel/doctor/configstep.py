@@ -46,7 +46,11 @@ def config_fix(exc: ConfigError, proxy_uid: int) -> str:
         )
     m = _OPEN_DENIED.search(text)
     if m:
-        return f"chmod 644 {m.group(1)}, or chown {proxy_uid} {m.group(1)} (the proxy's user); {RESTART}"
+        return (
+            f"chown {proxy_uid} {m.group(1)} (the proxy's user; the key stays 0600: the safe fix), or "
+            f"chmod 644 {m.group(1)}, the official troubleshooting's fix, which makes it readable by "
+            f"every user of the host; {RESTART}"
+        )
     if "did you mean" in text:
         return f"rename the key as suggested; {RESTART}"
     if "no such file or directory" in text:

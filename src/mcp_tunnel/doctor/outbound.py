@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from mcp_tunnel import redact
 from mcp_tunnel.doctor.context import DEFAULT_LISTEN_PORT, Context
 from mcp_tunnel.doctor.model import Check, fail, ok, skip, warn
 from mcp_tunnel.doctor.probes import ConnectResult
@@ -163,7 +164,7 @@ def judge_compose(facts: ComposeFacts) -> list[Check]:
     network_mode = str(cf.get("network_mode") or "")
     proxy = _proxy_service(services, cf_name, network_mode)
     port = facts.listen_port
-    want = f"http://localhost:{port}"
+    want = f"http://127.0.0.1:{port}"  # the listener is bound to loopback in the shipped files
     proxy_label = proxy or "mcp-proxy"
     share = f'network_mode: "service:{proxy_label}"'
     assumed = "" if facts.port_known else f" (port {port} assumed: the config did not load)"
@@ -242,7 +243,7 @@ def _judge_network_mode(
             name,
             f"no network_mode: cloudflared reaches {proxy!r} over the Compose network, not the shared "
             "namespace of the official layout",
-            f"add {share} and use --url http://localhost:<port>",
+            f"add {share} and use --url http://127.0.0.1:<port>",
         )
     shown = f"network_mode {network_mode!r}" if network_mode else "no network_mode"
     return fail(
@@ -447,7 +448,10 @@ def _read_token(ctx: Context) -> tuple[str | None, str, str | None]:
     if opts.token_file:
         try:
             with open(opts.token_file, encoding="utf-8", errors="replace") as f:
-                return f.read(), opts.token_file, None
+                token = f.read()
         except OSError as exc:
             return None, opts.token_file, (exc.strerror or str(exc)).lower()
+        redact.register(token)  # hidden from every line, the --debug traceback included
+        return token, opts.token_file, None
+    redact.register(opts.env.get("TUNNEL_TOKEN"))
     return opts.env.get("TUNNEL_TOKEN"), "TUNNEL_TOKEN", None

@@ -250,13 +250,15 @@ def judge_readable(label: str, chain: Sequence[FileStat], uid: int, error: str |
             name,
             f"{desc}: the proxy's {who(uid)} can read it only through group {target.gid}, and the "
             "proxy's supplementary groups cannot be known from here",
-            f"chown {uid} {target.path} (keep 0600), or chmod 644 {target.path}",
+            f"chown {uid} {target.path} (it stays 0600: the safe fix); or chmod 644 {target.path}, the "
+            "official troubleshooting's fix, which makes it readable by every user of the host",
         )
     return fail(
         name,
         f"{desc}: the proxy's {who(uid)} cannot read it (the proxy exits with "
         f"`open {target.path}: permission denied`; Anthropic then sees tls handshake failed)",
-        f"chmod 644 {target.path} (the official fix), or chown {uid} {target.path} to keep it 0600",
+        f"chown {uid} {target.path} (it stays 0600: the safe fix); or chmod 644 {target.path}, the "
+        "official troubleshooting's fix, which makes it readable by every user of the host",
     )
 
 

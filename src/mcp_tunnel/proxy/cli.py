@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from mcp_tunnel import redact
 from mcp_tunnel.certs.reload import CertificateWatcher
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mcp_tunnel.errors import CertificateError, ConfigError
 from mcp_tunnel.logs import Logger, buffered_stderr
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-check", "--check", action="store_true", help="validate config and certificate, then exit"
     )
+    add_debug_flag(p, go_style=True)
     return p
 
 
@@ -45,12 +48,13 @@ def main(argv: list[str]) -> int:
         log = Logger("error", config.log_format)
     watcher = load_tls(config, log)
     if args.check:
-        print(f"{config.path}: configuration ok")
+        # Values from ${VAR} that are not an address or path stay masked here too.
+        print(redact.scrub(f"{config.path}: configuration ok"))
         router = config.router
         for route in config.routes.values():
-            print(f"  route {route.key}: {router.public_host(route)} -> {route.upstream}")
+            print(redact.scrub(f"  route {route.key}: {router.public_host(route)} -> {route.upstream}"))
         for warning in config.warnings:
-            print(f"  warning: {warning}")
+            print(redact.scrub(f"  warning: {warning}"))
         return 0
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

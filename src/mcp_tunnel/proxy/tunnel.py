@@ -251,7 +251,15 @@ class TunnelProtocol(asyncio.Protocol):
                     "TLS belongs inside it (curl https://... to this port is expected to fail)",
                     peer=self.peer,
                 )
-                self._abort_transport()
+                # As Go's server does: a plain-text 400 that OpenSSL reads as a record with a
+                # bad version, so `curl https://...` reports "wrong version number" (the official
+                # troubleshooting's text); then a clean close once it is written.
+                self.closing = True
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(
+                        refusal_response(400, "This port expects a WebSocket carrying TLS, not TLS itself.\n")
+                    )
+                    self.transport.close()
                 return
         try:
             parsed = head.feed(data)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NoReturn, TextIO
 
+from mcp_tunnel import redact
 from mcp_tunnel.certs.generate import KEY_TYPES
+from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.duration import parse_duration
 from mcp_tunnel.errors import MCPTunnelError, UsageError
 from mcp_tunnel.setup.api import TunnelsAPI
@@ -119,7 +121,23 @@ def _parser(command: str) -> _Parser:
             "skip renewal while more than this is left (default 0: always)",
             metavar="DURATION",
         )
+    add_debug_flag(p)
     return p
+
+
+def check_credential(source: str, value: str) -> str:
+    """A credential is one line of printable characters without spaces: anything else is a
+    copy-and-paste accident that would otherwise surface as an HTTP library error quoting the
+    whole header. Outer whitespace (a file's final newline) is removed; the value is never
+    echoed, only where the first bad character is."""
+    value = value.strip()
+    problem = redact.credential_problem(value)
+    if problem is not None:
+        raise UsageError(
+            f"{source} contains {problem}: a credential is one line without spaces; copy it again "
+            "(the value is not shown)"
+        )
+    return value
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -132,7 +150,7 @@ def _duration(flag: str, text: str, *, allow_zero: bool) -> float:
         seconds = parse_duration(text.strip())
     except ValueError as exc:
         raise UsageError(f"--{flag}={text}: {exc}") from None
-    if seconds < 0 or (seconds == 0 and not allow_zero):
+    if seconds < 0 or text.strip().startswith("-") or (seconds == 0 and not allow_zero):
         raise UsageError(f"--{flag}={text}: must be {'>= 0' if allow_zero else 'positive'}")
     return seconds
 
@@ -180,7 +198,7 @@ def resolve_credentials(environ: Mapping[str, str]) -> Credentials:
                 "both API_TOKEN (a Tunnels API key) and ANTHROPIC_FEDERATION_RULE_ID (Workload Identity "
                 "Federation) are set; unset the one you do not mean to use"
             )
-        return APITokenCredentials(api_token)
+        return APITokenCredentials(check_credential("API_TOKEN", api_token))
     if not (rule or has_file or has_literal):
         raise UsageError(
             "no credentials: set ANTHROPIC_FEDERATION_RULE_ID, ANTHROPIC_ORGANIZATION_ID and one of "
@@ -213,7 +231,7 @@ def resolve_credentials(environ: Mapping[str, str]) -> Credentials:
         workspace_id=_env(environ, "ANTHROPIC_WORKSPACE_ID"),
         service_account_id=_env(environ, "ANTHROPIC_SERVICE_ACCOUNT_ID"),
         token_file=token_file.strip() if token_file else None,
-        token_literal=literal,
+        token_literal=None if literal is None else check_credential("ANTHROPIC_IDENTITY_TOKEN", literal),
     )
 
 
@@ -291,7 +309,7 @@ def _open(
     if defaulted:
         reporter.info(f"running in a Kubernetes pod: --output defaults to {spec}")
     client = InClusterClient.from_environment(environ, retry=retry) if spec.kind == "k8s-secret" else None
-    return open_output(spec, environ, client)
+    return open_output(spec, environ, client, warn=reporter.warn)
 
 
 def run(

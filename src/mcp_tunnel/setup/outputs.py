@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,28 +67,79 @@ def mode_for(key: str) -> int:
     return KEY_MODE if key in SECRET_KEYS else CERT_MODE
 
 
+MAX_FILE_BYTES = 1 << 20  # the largest output file (a PEM chain) is a few KiB
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO can't stall
+
+
 class DirOutput:
-    def __init__(self, path: str) -> None:
+    """A directory of regular files. Reads never follow a symlink (O_NOFOLLOW) and accept only
+    regular files, so a planted link cannot make setup read (or print) some other file; no
+    message ever shows a file's content. Writes replace the name (rename), never a link target."""
+
+    def __init__(self, path: str, warn: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.description = f"dir:{path}"
+        self._warn = warn
 
     def load(self) -> dict[str, bytes]:
-        if not self.path.exists():
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
             return {}
-        if not self.path.is_dir():
+        except OSError as exc:
+            raise SetupError(f"output {self.description}: cannot inspect it: {exc.strerror}") from None
+        if not stat.S_ISDIR(mode):
             raise SetupError(f"output {self.description}: {self.path} exists and is not a directory")
+        self._check_directory(mode)
         files: dict[str, bytes] = {}
         for key in ALL_KEYS:
-            p = self.path / key
-            try:
-                files[key] = p.read_bytes()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise SetupError(
-                    f"output {self.description}: cannot read {p}: {exc.strerror or exc}"
-                ) from exc
+            data = self._read(key)
+            if data is not None:
+                files[key] = data
         return files
+
+    def _check_directory(self, mode: int) -> None:
+        """Warn when others could plant or swap the files setup reads and writes."""
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and self._warn is not None:
+            who = "everyone" if mode & stat.S_IWOTH else "its group"
+            self._warn(
+                f"output {self.description}: the directory is writable by {who} (mode "
+                f"{stat.S_IMODE(mode):04o}): anyone who can write there can replace the key or the "
+                f"token; chmod go-w {self.path}"
+            )
+
+    def _read(self, key: str) -> bytes | None:
+        p = self.path / key
+        where = f"output {self.description}: {key}"
+        try:
+            fd = os.open(p, _READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SetupError(
+                    f"{where} is a symbolic link: setup reads and writes only regular files there "
+                    "(remove the link)"
+                ) from None
+            raise SetupError(f"{where}: cannot open it: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SetupError(f"{where} is not a regular file: setup reads and writes only regular files")
+            if st.st_size > MAX_FILE_BYTES:
+                raise SetupError(f"{where} is {st.st_size} bytes, more than any output file can be")
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := os.read(fd, 65536):
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:
+                    raise SetupError(f"{where} is more than {MAX_FILE_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise SetupError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
 
     def save(self, files: Mapping[str, bytes]) -> None:
         try:
@@ -169,8 +222,11 @@ class K8sSecretOutput:
 
 
 def open_output(
-    spec: OutputSpec, environ: Mapping[str, str], client: InClusterClient | None = None
+    spec: OutputSpec,
+    environ: Mapping[str, str],
+    client: InClusterClient | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Output:
     if spec.kind == "dir":
-        return DirOutput(spec.target)
+        return DirOutput(spec.target, warn)
     return K8sSecretOutput(spec.target, client or InClusterClient.from_environment(environ))

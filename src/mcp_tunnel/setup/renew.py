@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from mcp_tunnel.certs.generate import normalize_domain
 from mcp_tunnel.setup.errors import SetupError
 from mcp_tunnel.setup.material import load_ca, new_server_pair, server_cert_problem, server_not_after
 from mcp_tunnel.setup.outputs import Output
 from mcp_tunnel.setup.plan import plan_renewal
 from mcp_tunnel.setup.report import Reporter
-from mcp_tunnel.setup.state import Stored
+from mcp_tunnel.setup.state import TUNNEL_DOMAIN, Stored
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,14 @@ def run_renew(
     domain = stored.tunnel_domain
     if not domain:
         raise SetupError(f"output {output.description} holds no tunnel-domain: run `setup init` first")
+    try:
+        domain = normalize_domain(domain)
+    except ValueError:
+        size = len(files.get(TUNNEL_DOMAIN, b""))
+        raise SetupError(  # never the content: the file may be anything (a key, a token)
+            f"output {output.description}: tunnel-domain does not hold a domain name ({size} bytes); "
+            "run `setup init` again to rewrite it"
+        ) from None
     ca_cert, ca_key = load_ca(stored)
     current = now()
     decision = plan_renewal(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from mcp_tunnel import redact
+
 REDACTED = "[REDACTED]"
 _MIN_SECRET_LEN = 8  # never "redact" something so short it would mangle ordinary text
 
@@ -28,11 +30,12 @@ class Reporter:
         for piece in (text, text.strip()):
             if len(piece) >= _MIN_SECRET_LEN:
                 self._secrets.add(piece)
+        redact.register(text)  # and from the top-level error line and any --debug traceback
 
     def scrub(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return text
+        return redact.scrub(text)
 
     def info(self, message: str) -> None:
         out = self._out or sys.stdout

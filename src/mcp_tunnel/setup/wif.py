@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import jwt
 
-from mcp_tunnel import __version__
+from mcp_tunnel import __version__, redact
 from mcp_tunnel.setup.causes import exchange_cause
 from mcp_tunnel.setup.errors import APIError, NetworkError, SetupError
 from mcp_tunnel.setup.report import Reporter
@@ -119,10 +119,13 @@ class WIFExchange:
         else:
             raw = self.token_literal or ""
             source = "ANTHROPIC_IDENTITY_TOKEN"
+        self.reporter.secret(raw)
         token = raw.strip()
-        self.reporter.secret(token)
         if not token:
             raise SetupError(f"{source} is empty")
+        problem = redact.credential_problem(token)
+        if problem is not None:
+            raise SetupError(f"{source} contains {problem}: a token is one line (the value is not shown)")
         if len(token.encode()) > MAX_ASSERTION_BYTES:
             raise SetupError(
                 f"{source} holds {len(token.encode())} bytes; the exchange accepts at most 16 KiB"
@@ -198,6 +201,8 @@ class WIFExchange:
         if not isinstance(token, str) or not token:
             raise SetupError(f"POST {TOKEN_PATH}: response has no access_token")
         self.reporter.secret(token)
+        if redact.credential_problem(token) is not None:
+            raise SetupError(f"POST {TOKEN_PATH}: the access_token holds whitespace or control characters")
         token_type = doc.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise SetupError(f"POST {TOKEN_PATH}: token_type {token_type!r} is not Bearer")

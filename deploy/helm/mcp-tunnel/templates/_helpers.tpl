@@ -58,19 +58,24 @@ app.kubernetes.io/component: tunnel-stack
 {{- end -}}
 {{- end -}}
 
-{{/* shutdown_timeout (Go duration, whole h/m/s parts; the schema enforces that) in seconds. */}}
+{{/* shutdown_timeout (any Go duration the proxy accepts; the schema enforces that) in whole
+seconds, rounded up: 1.5s -> 2, 500ms -> 1, 1m30s -> 90. */}}
 {{- define "mcp-tunnel.shutdownSeconds" -}}
 {{- $d := toString (default "30s" .Values.gateway.config.shutdown_timeout) -}}
-{{- $h := regexFind "[0-9]+h" $d | trimSuffix "h" | default "0" | atoi -}}
-{{- $m := regexFind "[0-9]+m" $d | trimSuffix "m" | default "0" | atoi -}}
-{{- $s := regexFind "[0-9]+s" $d | trimSuffix "s" | default "0" | atoi -}}
-{{- add (mul $h 3600) (mul $m 60) $s -}}
+{{- $scale := dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 "µs" 0.000001 "μs" 0.000001 "ns" 0.000000001 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9.]+(ns|us|µs|μs|ms|s|m|h)" $d -1 -}}
+{{- $unit := regexFind "(ns|us|µs|μs|ms|s|m|h)$" . -}}
+{{- $total = addf $total (mulf (float64 (trimSuffix $unit .)) (get $scale $unit)) -}}
+{{- end -}}
+{{- ceil $total | int -}}
 {{- end -}}
 
 {{/* The proxy config: gateway.config with the fields the chart owns forced. */}}
 {{- define "mcp-tunnel.proxyConfig" -}}
 {{- $cfg := deepCopy .Values.gateway.config -}}
-{{- $_ := set $cfg "listen_addr" ":8080" -}}
+{{- /* Loopback: cloudflared reaches it over the pod's shared network namespace; nothing else may. */ -}}
+{{- $_ := set $cfg "listen_addr" "127.0.0.1:8080" -}}
 {{- $_ := set $cfg "admin_addr" (printf ":%d" (int .Values.admin.port)) -}}
 {{- $tls := deepCopy (default (dict) $cfg.tls) -}}
 {{- $_ := set $tls "cert_file" "/data/tls.crt" -}}
