@@ -303,8 +303,12 @@ def _phrase(status: int) -> bytes:
         return b"Unknown"
 
 
-def error_response(error: ProxyError, *, keep_alive: bool) -> bytes:
-    """The proxy's own answer: one short line of plain text, never an internal address."""
+def error_response(error: ProxyError, *, keep_alive: bool, head_request: bool = False) -> bytes:
+    """The proxy's own answer: one short line of plain text, never an internal address.
+
+    To a HEAD request the same head without the body (RFC 9110 §9.3.2): a body there would be
+    read as the start of the next response.
+    """
     body = error.body.encode() + b"\n"
     head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
         error.status,
@@ -313,7 +317,7 @@ def error_response(error: ProxyError, *, keep_alive: bool) -> bytes:
     )
     if not keep_alive:
         head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+    return head + b"\r\n" + (b"" if head_request else body)
 
 
 def chunk(data: bytes) -> bytes:

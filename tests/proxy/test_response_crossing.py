@@ -157,3 +157,22 @@ async def _wait_closed_upstream(proxy: RunningProxy) -> None:
         lambda: proxy.log_has("upstream sent bytes outside a response, connection closed"),
         what="the unsolicited bytes to be noticed",
     )
+
+
+async def test_the_proxys_own_answer_to_head_has_no_body(tmp: Path, pki: PKI) -> None:
+    """Its body would be read as the start of the next response on the tunnel."""
+    proxy, upstream = await _start(tmp, pki, _two_in_one_write)
+    conn = await proxy.client().connect(HOST)
+    # Pipelined: a HEAD the proxy answers itself (no route), then a GET; read as raw plaintext.
+    await conn.send_raw(
+        b"HEAD / HTTP/1.1\r\nHost: nowhere.tunnel.test\r\n\r\n"
+        + f"GET /next HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(10):
+        while not bytes(conn._plain).endswith(b"/next"):
+            assert await conn._recv(), "the tunnel ended early"
+    first, _, rest = bytes(conn._plain).partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 502 ") and b"Content-Length: 29" in first
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")  # nothing between the two heads
+    await proxy.stop()
+    await upstream.close()

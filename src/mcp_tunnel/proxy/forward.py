@@ -438,7 +438,8 @@ class Forwarder:
             else:
                 keep = not ex.close_after and ex.body.done and not ex.body.failed and not server.draining
                 ex.close_after = ex.close_after or not keep
-                data = error_response(exc, keep_alive=keep)
+                head_request = ex.head is not None and ex.head.method == "HEAD"
+                data = error_response(exc, keep_alive=keep, head_request=head_request)
                 ex.response_bytes = len(data)
                 tunnel.send_plain(data)
             return True
