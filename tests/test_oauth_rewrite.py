@@ -87,6 +87,23 @@ def test_as_metadata_rewrite_is_idempotent_and_warns_without_s256() -> None:
     assert len(rewrite_as_metadata(doc, **kwargs)) == 1
 
 
+def test_as_metadata_warns_when_redirects_carry_another_issuer() -> None:
+    kwargs: dict[str, Any] = {
+        "public": f"https://auth.{DOMAIN}",
+        "authorization_endpoint": AUTHORIZE,
+        "upstream": "http://keycloak:8080",
+    }
+    doc = {**internal_as(), "authorization_response_iss_parameter_supported": True}
+    (warning,) = rewrite_as_metadata(doc, **kwargs)
+    assert "RFC 9207" in warning
+    doc = {
+        **internal_as(),
+        "issuer": f"https://auth.{DOMAIN}",
+        "authorization_response_iss_parameter_supported": True,
+    }
+    assert rewrite_as_metadata(doc, **kwargs) == []
+
+
 def test_resource_metadata_names_the_tunnel_urls() -> None:
     doc: dict[str, Any] = {
         "resource": "http://127.0.0.1:9000/mcp",

@@ -106,10 +106,18 @@ def rewrite_as_metadata(
         if isinstance(value, str) and _origin(value) in own:
             doc[name] = _move(value, public)
     doc["authorization_endpoint"] = authorization_endpoint
+    warnings = []
     methods = doc.get("code_challenge_methods_supported")
     if not (isinstance(methods, list) and "S256" in methods):
-        return ["authorization server metadata without S256 in code_challenge_methods_supported"]
-    return []
+        warnings.append("authorization server metadata without S256 in code_challenge_methods_supported")
+    if doc.get("authorization_response_iss_parameter_supported") is True and issuer != public:
+        # RFC 9207: the browser brings back iss= the server's own issuer, which clients compare
+        # with the rewritten one; only the server itself can fix that (its public/frontend URL).
+        warnings.append(
+            "authorization server sends iss in its redirects (RFC 9207) with another issuer than "
+            "the tunnel's: set its issuer to the route's public URL"
+        )
+    return warnings
 
 
 def rewrite_resource_metadata(doc: dict[str, Any], *, public: str, authorization_server: str) -> None:
