@@ -28,7 +28,9 @@ OTHER_ROUTE = Route("other", "http", "127.0.0.1", 9001)
 
 def test_public_url_of_a_key() -> None:
     assert public_url("auth", DOMAIN) == f"https://auth.{DOMAIN}"
-    assert public_url("sso.example.com", DOMAIN) == "https://sso.example.com"
+    assert public_url(f"sso.{DOMAIN}", DOMAIN) == f"https://sso.{DOMAIN}"
+    assert public_url("sso.example.com", DOMAIN) == f"https://sso.example.com.{DOMAIN}"  # as routed
+    assert public_url("sso.example.com", "") == "https://sso.example.com"
     assert public_url("auth", "") == "https://auth"
 
 

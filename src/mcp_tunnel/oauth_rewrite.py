@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from mcp_tunnel.routing import Route
+from mcp_tunnel.routing import Route, Router
 
 MAX_DOCUMENT = 64 * 1024  # a metadata document held for rewriting; a larger one passes unchanged
 
@@ -50,10 +50,9 @@ class OAuthSettings:
 
 
 def public_url(key: str, tunnel_domain: str) -> str:
-    """``https://<key>.<tunnel_domain>``, or ``https://<key>`` for a full hostname."""
-    if not tunnel_domain or "." in key:
-        return f"https://{key}"
-    return f"https://{key}.{tunnel_domain}"
+    """``https://<key>.<tunnel_domain>``, or ``https://<key>`` for a full hostname (one under the
+    tunnel domain): the host Claude reaches the route by, as `Router.public_host` names it."""
+    return "https://" + Router({}, tunnel_domain).public_host(Route(key, "http", "x", 1))
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
