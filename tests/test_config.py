@@ -1287,3 +1287,15 @@ def test_oauth_errors_name_the_field(
 ) -> None:
     path = files.minimal("oauth:\n" + body, routes=OAUTH_ROUTES)
     assert_shape(load_error(path), path, line, field, *parts)
+
+
+@pytest.mark.parametrize("stack", ["manual", "programmatic"])
+def test_compose_oauth_example_loads_once_uncommented(files: Files, stack: str) -> None:
+    """The commented example in the Compose config is a working section (with an auth route)."""
+    text = (Path(__file__).parent.parent / "deploy/compose" / stack / "config/mcp-proxy.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# oauth:")
+    example = "\n".join(line.removeprefix("# ") for line in lines[start : start + 4]) + "\n"
+    routes = "routes:\n  echo: http://hello-mcp:9000\n  auth: http://keycloak:8080\n"
+    cfg = load_config(files.minimal(example, routes=routes), environ=ENV)
+    assert cfg.oauth is not None and cfg.oauth.protected_resources == ("echo",)
