@@ -1190,3 +1190,112 @@ def test_dns_timeout_is_a_go_duration(files: Files) -> None:
 def test_limits_must_be_a_mapping(files: Files) -> None:
     path = files.minimal("limits: [1]\n")
     assert_shape(load_error(path), path, 8, "limits", "must be a mapping", "found a list (!!seq)")
+
+
+# --------------------------------------------------------------------------------------------
+# oauth: (SPEC §5.1)
+
+OAUTH_ROUTES = "routes:\n  mcp: http://hello-mcp:9000\n  Auth: http://keycloak:8080\n"  # lines 6-8
+
+
+def test_oauth_section_loads(files: Files) -> None:
+    from mcp_tunnel.oauth_rewrite import OAuthSettings
+
+    extra = (
+        "oauth:\n"  # 9
+        "  authorization_server: AUTH\n"
+        "  authorization_endpoint: https://login.example.com/authorize\n"
+        "  protected_resources: [mcp]\n"
+    )
+    cfg = load_config(files.minimal(extra, routes=OAUTH_ROUTES), environ=ENV)
+    assert cfg.oauth == OAuthSettings("auth", "https://login.example.com/authorize", ("mcp",))
+    assert load_config(files.minimal(routes=OAUTH_ROUTES), environ=ENV).oauth is None
+    assert load_config(files.minimal("oauth:\n", routes=OAUTH_ROUTES), environ=ENV).oauth is None
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field", "parts"),
+    [
+        (
+            "  authorization_server: keycloak\n  authorization_endpoint: https://login.example.com/a\n",
+            10,
+            "oauth.authorization_server",
+            ("unknown route key", '"keycloak"', "mcp, auth"),
+        ),
+        (
+            "  authorization_server: auht\n  authorization_endpoint: https://login.example.com/a\n",
+            10,
+            "oauth.authorization_server",
+            ("unknown route key, did you mean auth?",),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: http://login.example.com/a\n",
+            11,
+            "oauth.authorization_endpoint",
+            ("not an absolute https URL", "http://login.example.com/a"),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: /authorize\n",
+            11,
+            "oauth.authorization_endpoint",
+            ("not an absolute https URL",),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: https://auth.abcd1234.tunnel.anthropic.com/a\n",
+            11,
+            "oauth.authorization_endpoint",
+            ("is a tunnel host",),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: https://login.example.com/a\n"
+            "  protected_resources: [mcp, auth]\n",
+            12,
+            "oauth.protected_resources[1]",
+            ("also oauth.authorization_server (line 10)", "either the authorization server or"),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: https://login.example.com/a\n"
+            "  protected_resources: [mpc]\n",
+            12,
+            "oauth.protected_resources[0]",
+            ("unknown route key, did you mean mcp?",),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: https://login.example.com/a\n"
+            "  protected_resources: mcp\n",
+            12,
+            "oauth.protected_resources",
+            ("must be a list",),
+        ),
+        (
+            "  authorization_endpoint: https://login.example.com/a\n",
+            10,  # the mapping's first line
+            "oauth.authorization_server",
+            ("is required",),
+        ),
+        (
+            "  authorization_server: auth\n  authorization_endpoint: https://login.example.com/a\n"
+            "  issuer: x\n",
+            12,
+            "oauth.issuer",
+            ("unknown field",),
+        ),
+    ],
+)
+def test_oauth_errors_name_the_field(
+    files: Files, body: str, line: int, field: str, parts: tuple[str, ...]
+) -> None:
+    path = files.minimal("oauth:\n" + body, routes=OAUTH_ROUTES)
+    assert_shape(load_error(path), path, line, field, *parts)
+
+
+@pytest.mark.parametrize("stack", ["manual", "programmatic"])
+def test_compose_oauth_example_loads_once_uncommented(files: Files, stack: str) -> None:
+    """The commented example in the Compose config is a working section (with an auth route)."""
+    text = (Path(__file__).parent.parent / "deploy/compose" / stack / "config/mcp-proxy.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# oauth:")
+    example = "\n".join(line.removeprefix("# ") for line in lines[start : start + 4]) + "\n"
+    routes = "routes:\n  echo: http://hello-mcp:9000\n  auth: http://keycloak:8080\n"
+    cfg = load_config(files.minimal(example, routes=routes), environ=ENV)
+    assert cfg.oauth is not None and cfg.oauth.protected_resources == ("echo",)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -32,6 +33,7 @@ from mcp_tunnel.duration import SECOND, parse_duration_ns
 from mcp_tunnel.envref import EnvRefError, expand
 from mcp_tunnel.errors import ConfigError
 from mcp_tunnel.ippolicy import RFC1918, IPPolicy
+from mcp_tunnel.oauth_rewrite import OAuthSettings, public_url
 from mcp_tunnel.routing import Route, Router
 
 DEFAULT_CONFIG_PATH = "/etc/mcp-gateway/config.yaml"
@@ -89,6 +91,7 @@ class Config:
     admin_port: int | None = None
     cert_reload_interval: float = 2.0  # tls.reload_interval
     limits: Limits = field(default_factory=Limits)
+    oauth: OAuthSettings | None = None  # oauth: (SPEC §5.1), None = no OAuth rewriting
     warnings: tuple[str, ...] = ()  # one-line warnings found while loading (logged at start)
 
     @property
@@ -111,17 +114,20 @@ _TOP_KEYS = (
     "routes",
     "upstream",
     "limits",
+    "oauth",
 )
 _TLS_KEYS = ("cert_file", "key_file", "reload_interval")
 _UPSTREAM_KEYS = ("allowed_ips", "disable_ip_validation", "tls", "host_header")
 _UPSTREAM_TLS_KEYS = ("ca_file", "include_system_cas")
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))
+_OAUTH_KEYS = ("authorization_server", "authorization_endpoint", "protected_resources")
 _ALL_FIELDS = (
     *(k for k in _TOP_KEYS),
     *(f"tls.{k}" for k in _TLS_KEYS),
     *(f"upstream.{k}" for k in _UPSTREAM_KEYS),
     *(f"upstream.tls.{k}" for k in _UPSTREAM_TLS_KEYS),
     *(f"limits.{k}" for k in _LIMIT_KEYS),
+    *(f"oauth.{k}" for k in _OAUTH_KEYS),
 )
 
 # Variables whose values every message may show: the tunnel domain is no secret (SPEC §3).
@@ -566,6 +572,7 @@ def load_config(
         lambda n: _duration(doc, n, "shutdown_timeout", allow_zero=True),
     )
     limits = _limits_section(doc, _optional(top, "limits"))
+    oauth = _oauth_section(doc, _optional(top, "oauth"), routes, domain)
     doc.register_hidden()
 
     return Config(
@@ -584,6 +591,7 @@ def load_config(
         admin_port=admin_port,
         cert_reload_interval=reload_interval,
         limits=limits,
+        oauth=oauth,
         warnings=tuple(doc.warnings),
     )
 
@@ -982,3 +990,86 @@ def _limits_section(doc: _Doc, node: Node | None) -> Limits:
         else:
             values[f.name] = _int(doc, value, fld, minimum=0 if f.name == "max_body_bytes" else 1)
     return Limits(**values)
+
+
+def _oauth_section(
+    doc: _Doc, node: Node | None, routes: Mapping[str, Route], domain: str
+) -> OAuthSettings | None:
+    """``oauth:`` (SPEC §5.1): route keys that exist, each in one role, and an https authorize URL."""
+    if node is None:
+        return None
+    entries = _mapping(doc, node, "oauth")
+    _check_keys(doc, entries, _OAUTH_KEYS, "oauth")
+    as_node = _required(doc, entries, "authorization_server", "oauth", node)
+    as_key = _route_key(doc, as_node, "oauth.authorization_server", routes)
+    ep_node = _required(doc, entries, "authorization_endpoint", "oauth", node)
+    endpoint = _authorization_endpoint(doc, ep_node, routes, domain)
+    resources: list[str] = []
+    pr_node = _optional(entries, "protected_resources")
+    if pr_node is not None:
+        fld = "oauth.protected_resources"
+        if not isinstance(pr_node, SequenceNode):
+            raise doc.error(
+                pr_node, fld, "must be a list", found=_kind(pr_node), expected="route keys, e.g. [mcp]"
+            )
+        for i, item in enumerate(pr_node.value):
+            item_fld = f"{fld}[{i}]"
+            key = _route_key(doc, item, item_fld, routes)
+            if key == as_key:
+                raise doc.error(
+                    item,
+                    item_fld,
+                    f"route {_q(key)} is also oauth.authorization_server (line {_line(as_node)}): "
+                    "a route is either the authorization server or a protected resource",
+                    found=_q(key) + " in both",
+                    expected="the MCP servers' route keys, not the authorization server's",
+                )
+            if key in resources:
+                raise doc.error(item, item_fld, "listed twice", found=_q(key), expected="each route key once")
+            resources.append(key)
+    return OAuthSettings(as_key, endpoint, tuple(resources))
+
+
+def _route_key(doc: _Doc, node: Node, fld: str, routes: Mapping[str, Route]) -> str:
+    """A key of ``routes``, as the routes have it (lowercase)."""
+    text = _string(doc, node, fld, "a key of routes")
+    key = text.strip().lower()
+    if key not in routes:
+        close = difflib.get_close_matches(key, list(routes), n=1, cutoff=0.6)
+        raise doc.error(
+            node,
+            fld,
+            "unknown route key" + (f", did you mean {close[0]}?" if close else ""),
+            found=_q(text),
+            expected="one of the routes: " + ", ".join(routes),
+        )
+    return key
+
+
+def _authorization_endpoint(doc: _Doc, node: Node, routes: Mapping[str, Route], domain: str) -> str:
+    """The browser-facing authorize URL: absolute https, and never a tunnel host (those accept
+    only Claude, digest §11)."""
+    fld = "oauth.authorization_endpoint"
+    expected = "an absolute https:// URL users' browsers reach, e.g. https://login.example.com/authorize"
+    text = _string(doc, node, fld, expected).strip()
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        raise doc.error(node, fld, "not a URL", found=_q(text), expected=expected) from None
+    if parts.scheme.lower() != "https" or not host or port == 0:
+        raise doc.error(node, fld, "not an absolute https URL", found=_q(text), expected=expected)
+    if parts.fragment or "@" in parts.netloc:
+        raise doc.error(node, fld, "must have no fragment or userinfo", found=_q(text), expected=expected)
+    host = host.lower().rstrip(".")
+    if host in routes or (domain and (host == domain or host.endswith("." + domain))):
+        raise doc.error(
+            node,
+            fld,
+            "is a tunnel host: users' browsers cannot load it (tunnel hosts accept only Claude)",
+            found=_q(text),
+            expected="the existing browser-reachable host, not " + public_url("<key>", domain),
+        )
+    doc.show(text)
+    return text

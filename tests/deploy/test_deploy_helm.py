@@ -638,6 +638,12 @@ def test_both_shapes_merge_their_server_lists(render: Any) -> None:
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
+OAUTH: dict[str, Any] = {
+    "authorization_server": "auth",
+    "authorization_endpoint": "https://login.example.com/authorize",
+    "protected_resources": ["docs"],
+}
+
 BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown top-level key": managed(replicas=2),
     "typo in a nested key": managed(setup={"enable": True}),
@@ -667,6 +673,15 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "admin port out of range": managed(admin={"port": 70000}),
     "unknown limit": managed(gateway={"config": {"limits": {"max_conections": 10}}}),
     "limit with a wrong type": managed(gateway={"config": {"limits": {"max_connections": "10"}}}),
+    "oauth with an unknown key": managed(gateway={"config": {"oauth": dict(OAUTH, issuer="https://x")}}),
+    "oauth authorization_endpoint over http": managed(
+        gateway={
+            "config": {"oauth": dict(OAUTH, authorization_endpoint="http://login.example.com/authorize")}
+        }
+    ),
+    "oauth protected_resources not a list": managed(
+        gateway={"config": {"oauth": dict(OAUTH, protected_resources="docs")}}
+    ),
 }
 
 GOOD_VALUES: dict[str, dict[str, Any]] = {
@@ -684,6 +699,9 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
     "durations the proxy accepts": managed(
         gateway={"config": {"shutdown_timeout": "1.5s", "tls": {"reload_interval": "500ms"}}},
         serverCert={"renewBefore": "720h", "duration": "2160h0m0s"},
+    ),
+    "oauth through the tunnel": managed(
+        gateway={"config": {"routes": {**ROUTES, "auth": "http://keycloak:8080"}, "oauth": dict(OAUTH)}}
     ),
     "limits with Go durations": managed(
         gateway={
@@ -881,3 +899,19 @@ def test_a_days_duration_gets_a_helpful_message(chart: Any, helm: ModuleType) ->
     hint = _schema_at("serverCert", "renewBefore")["anyOf"][1]["const"]
     with pytest.raises(helm.HelmValuesError):  # the hint itself is never a valid value
         chart.validate_schema(managed(serverCert={"renewBefore": hint}))
+
+
+def test_oauth_section_reaches_the_proxy_config_and_loads(render: Any, tmp_path: Path) -> None:
+    """The chart passes oauth: through unchanged, and the proxy accepts what it renders."""
+    from mcp_tunnel.config import load_config
+
+    routes = {**ROUTES, "auth": "http://keycloak:8080"}
+    cfg = render(managed(gateway={"config": {"routes": routes, "oauth": dict(OAUTH)}})).proxy_config
+    assert cfg["oauth"] == OAUTH
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    cfg["tls"] = {"cert_file": str(tmp_path / "tls.crt"), "key_file": str(tmp_path / "tls.key")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = load_config(str(path), tunnel_domain="abcd1234.tunnel.anthropic.com")
+    assert loaded.oauth is not None and loaded.oauth.protected_resources == ("docs",)

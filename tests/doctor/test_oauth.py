@@ -137,3 +137,64 @@ async def test_oauth_without_proxy_is_skipped(open_dir: Path, up_url: str) -> No
     pki = make_pair(open_dir / "data", DOMAIN)
     report, _ = await doctor(write_config(open_dir, pki, {"mcp": up_url}))
     assert statuses(report, "oauth") == {"oauth": "skip"}
+
+
+INTERNAL_AS = {
+    "issuer": "http://keycloak.corp.internal:8080",
+    "authorization_endpoint": "http://keycloak.corp.internal:8080/authorize",
+    "token_endpoint": "http://keycloak.corp.internal:8080/token",
+    "registration_endpoint": "http://keycloak.corp.internal:8080/register",
+    "code_challenge_methods_supported": ["S256"],
+}
+INTERNAL_RESOURCE = {
+    "resource": "http://127.0.0.1:9000/mcp",
+    "authorization_servers": ["http://keycloak.corp.internal:8080"],
+}
+OAUTH_SECTION = {
+    "authorization_server": "auth",
+    "authorization_endpoint": "https://sso.example.com/authorize",
+    "protected_resources": ["mcp"],
+}
+
+
+async def test_oauth_section_makes_unsplit_metadata_healthy(open_dir: Path) -> None:
+    """Servers that publish their internal URLs, behind a proxy that rewrites them (SPEC §5.1)."""
+    up = await metadata_server(INTERNAL_RESOURCE, INTERNAL_AS).start()
+    pki = make_pair(open_dir / "data", DOMAIN)
+    upstream = f"http://127.0.0.1:{up.port}"
+    proxy = await start_proxy(open_dir, pki, {"mcp": upstream, "auth": upstream}, oauth=OAUTH_SECTION)
+    try:
+        report, _ = await doctor(proxy.config_path, proxy=proxy.url, paths={"mcp": "/mcp"})
+    finally:
+        await proxy.stop()
+        await up.close()
+    assert failed_steps(report) == []
+    oauth = statuses(report, "oauth")
+    assert oauth["protected_resource:mcp"] == "ok"
+    assert oauth["authorization_servers:mcp"] == "ok"
+    for check in ("token_endpoint", "registration_endpoint", "authorization_endpoint", "pkce", "as_metadata"):
+        assert oauth[f"{check}:auth.{DOMAIN}"] == "ok", (check, oauth)
+
+
+async def test_doctor_judges_documents_as_the_configured_proxy_serves_them(open_dir: Path) -> None:
+    """The rewrite the doctor applies is the proxy's: a judgement of the unsplit documents with
+    the section is healthy, without it the same documents fail."""
+    from mcp_tunnel.config import load_config
+    from mcp_tunnel.doctor.oauth import judge_as_metadata, served_as_metadata, served_resource
+    from support.proxy import write_config
+
+    pki = make_pair(open_dir / "data", DOMAIN)
+    routes = {"mcp": "http://127.0.0.1:9000", "auth": "http://keycloak.corp.internal:8080"}
+    with_section = load_config(str(write_config(open_dir, pki, routes, oauth=OAUTH_SECTION)))
+    doc, warnings = served_as_metadata(dict(INTERNAL_AS), with_section.routes["auth"], with_section)
+    assert warnings == []
+    assert all(c.status is Status.OK for c in judge_as_metadata(f"https://auth.{DOMAIN}", doc, with_section))
+    resource = served_resource(dict(INTERNAL_RESOURCE), with_section.routes["mcp"], with_section)
+    assert resource == {
+        "resource": f"https://mcp.{DOMAIN}/mcp",
+        "authorization_servers": [f"https://auth.{DOMAIN}"],
+    }
+    without = load_config(str(write_config(open_dir, pki, routes)))
+    same, _ = served_as_metadata(dict(INTERNAL_AS), without.routes["auth"], without)
+    assert same == INTERNAL_AS
+    assert any(c.status is Status.FAIL for c in judge_as_metadata(f"https://auth.{DOMAIN}", same, without))

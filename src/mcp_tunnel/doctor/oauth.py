@@ -5,6 +5,11 @@ must NOT be a tunnel host: those accept only Claude) and Anthropic's backend (di
 registration: these must be reachable by it, which behind an allowlist means through the
 tunnel). The doctor fetches the metadata through the tunnel exactly as the backend would and
 checks each endpoint against that split.
+
+With the config's ``oauth:`` section the proxy rewrites those documents (SPEC §5.1); the doctor
+judges them as the proxy serves them: the same rewrite is applied to what it fetched (a no-op on
+a document the proxy already rewrote), so a proxy without the section, or an upstream fetched
+another way, is judged as the configured proxy will present it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from mcp_tunnel.config import Config
 from mcp_tunnel.doctor.context import Context
 from mcp_tunnel.doctor.model import Check, fail, ok, skip, warn
 from mcp_tunnel.doctor.probes import HttpResult
-from mcp_tunnel.routing import normalize_host
+from mcp_tunnel.oauth_rewrite import public_url, rewrite_as_metadata, rewrite_resource_metadata
+from mcp_tunnel.routing import Route, normalize_host
 
 PRM = "/.well-known/oauth-protected-resource"
 INTERNAL_SUFFIXES = (
@@ -290,7 +296,9 @@ async def run(ctx: Context) -> list[Check]:
                 skip(name, f"{host} does not serve {PRM} (HTTP {result.status}): no OAuth advertised here")
             )
             continue
-        judged = judge_protected_resource(route.key, host, path, result.json(), config)
+        judged = judge_protected_resource(
+            route.key, host, path, served_resource(result.json(), route, config), config
+        )
         checks += judged.checks
         servers.update(dict.fromkeys(judged.tunnel_servers))
     for as_url in servers:
@@ -327,6 +335,9 @@ async def _authorization_server(
             )
         ]
     doc = result.json() if result.status == 200 else None
+    warnings: list[str] = []
+    if isinstance(doc, dict) and route is not None:
+        doc, warnings = served_as_metadata(doc, route, config)
     if not isinstance(doc, dict):
         return [
             fail(
@@ -338,7 +349,44 @@ async def _authorization_server(
                 f"serve RFC 8414 metadata at https://{as_host}/.well-known/oauth-authorization-server",
             )
         ]
+    rewritten = [
+        warn(f"oauth_rewrite:{as_host}", f"the proxy's oauth: section: {w}", "see docs/oauth.md")
+        for w in warnings
+        if "RFC 9207" in w  # the S256 warning is the pkce check's own failure
+    ]
     return [
         ok(name, f"fetched https://{as_host}{fetched} through the tunnel"),
         *judge_as_metadata(as_url, doc, config),
+        *rewritten,
     ]
+
+
+def served_resource(doc: object, route: Route, config: Config) -> object:
+    """The protected resource metadata as the proxy serves it (rewritten with an oauth: section)."""
+    oauth = config.oauth
+    if oauth is None or route.key not in oauth.protected_resources or not isinstance(doc, dict):
+        return doc
+    doc = dict(doc)
+    rewrite_resource_metadata(
+        doc,
+        public=public_url(route.key, config.tunnel_domain),
+        authorization_server=public_url(oauth.authorization_server, config.tunnel_domain),
+    )
+    return doc
+
+
+def served_as_metadata(
+    doc: dict[str, object], route: Route, config: Config
+) -> tuple[dict[str, object], list[str]]:
+    """Authorization server metadata as the proxy serves it, and the rewrite's warnings."""
+    oauth = config.oauth
+    if oauth is None or route.key != oauth.authorization_server:
+        return doc, []
+    doc = dict(doc)
+    warnings = rewrite_as_metadata(
+        doc,
+        public=public_url(route.key, config.tunnel_domain),
+        authorization_endpoint=oauth.authorization_endpoint,
+        upstream=route.upstream,
+    )
+    return doc, warnings

@@ -30,6 +30,7 @@ from mcp_tunnel.http_rules import (
     upstream_request_head,
 )
 from mcp_tunnel.metrics import refusal_reason
+from mcp_tunnel.oauth_rewrite import ExchangeRewrite
 from mcp_tunnel.proxy.flow import MAX_INTERIM, MAX_RESPONSE_HEAD
 from mcp_tunnel.proxy.http_server import BodyAborted
 from mcp_tunnel.proxy.policy import check_interval
@@ -75,6 +76,7 @@ class ResponseRelay:
         "interims",
         "keep_alive",
         "method",
+        "oauth",
         "out",
         "parser",
         "reason",
@@ -96,6 +98,7 @@ class ResponseRelay:
         replayable: bool,
         loop: asyncio.AbstractEventLoop,
         deadline: float,
+        oauth: ExchangeRewrite | None = None,
     ) -> None:
         assert ex.head is not None
         self.deadline = deadline  # loop time by which the response head must have arrived
@@ -118,6 +121,7 @@ class ResponseRelay:
         self.received = False
         self.unsolicited = False
         self.out: list[bytes] = []
+        self.oauth = oauth  # None unless the config's oauth: section rewrites this answer
 
     # --- httptools callbacks --------------------------------------------------------
 
@@ -151,13 +155,16 @@ class ResponseRelay:
         self.keep_alive = bool(self.parser.should_keep_alive())
         if self.tunnel.server.draining:
             ex.close_after = True  # tell the client this connection ends with this response
+        oauth = self.oauth
+        hold = oauth is not None and oauth.head(status, self.headers)  # the document waits whole
         framing = downstream_response_head(
             status, self.reason, self.headers, request_method=self.method, keep_alive=not ex.close_after
         )
         self.framing = framing
         ex.status = status
         ex.response_started = True
-        self.out.append(framing.head)
+        if not hold:
+            self.out.append(framing.head)
         if not framing.has_body:
             self._complete()
 
@@ -168,6 +175,12 @@ class ResponseRelay:
         if self.complete:  # a body after a HEAD answer, a 204 or a 304: owed to nobody
             raise _Unsolicited
         self.ex.response_bytes += len(body)
+        oauth = self.oauth
+        if oauth is not None and oauth.holding:
+            if not oauth.keep(body):  # over the cap: what was held goes out as it came
+                self.out.append(framing.head)
+                self.out += [chunk(p) if framing.chunked else p for p in oauth.release()]
+            return
         self.out.append(chunk(body) if framing.chunked else body)
 
     def on_message_complete(self) -> None:
@@ -187,7 +200,19 @@ class ResponseRelay:
         if self.complete:
             return
         self.complete = True
-        if self.framing is not None and self.framing.chunked:
+        oauth = self.oauth
+        if oauth is not None and oauth.holding:
+            headers, body = oauth.finish()  # rewritten, with a fresh Content-Length
+            framing = downstream_response_head(
+                self.ex.status,
+                self.reason,
+                headers,
+                request_method=self.method,
+                keep_alive=not self.ex.close_after,
+            )
+            self.ex.response_bytes = len(body)
+            self.out.append(framing.head + body)
+        elif self.framing is not None and self.framing.chunked:
             self.out.append(LAST_CHUNK)
 
     # --- driven by the upstream connection ------------------------------------------
@@ -558,10 +583,19 @@ class Forwarder:
         if not lost:
             conn.write(out)
             self._log_started(ex)
-        loop = self.server.loop
+        server = self.server
+        loop = server.loop
         timeout = limits.upstream_response_timeout
+        oauth = server.oauth  # the config's oauth: section; None means every byte passes as is
         relay = ResponseRelay(
-            tunnel, ex, conn, route, replayable=whole is not None, loop=loop, deadline=loop.time() + timeout
+            tunnel,
+            ex,
+            conn,
+            route,
+            replayable=whole is not None,
+            loop=loop,
+            deadline=loop.time() + timeout,
+            oauth=None if oauth is None else oauth.exchange(route, head.method, head.path),
         )
         conn.protocol.sink = relay
         self._waiting.add(relay)

@@ -13,6 +13,7 @@ from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import Config
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
+from mcp_tunnel.oauth_rewrite import OAuthRewriter
 from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
@@ -71,6 +72,9 @@ class ProxyServer:
         self.limits = config.limits
         self.router = config.router
         self.upstream_settings = config.upstream
+        self.oauth = (
+            None if config.oauth is None else OAuthRewriter(config.oauth, config.tunnel_domain, self.log.warn)
+        )
         self.connector = Connector(
             config.upstream,
             self.log,
