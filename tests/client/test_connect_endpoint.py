@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from mcp_tunnel.client.local_endpoint import DEFAULT_RESPONSE_TIMEOUT, LocalEndp
 from mcp_tunnel.client.tunnel_client import TunnelClient, client_ssl_context
 from mcp_tunnel.config import Limits
 from mcp_tunnel.logs import Logger
+from support.builds import SRC
 from support.pki import PKI
+from support.procs import BIN, free_port
 from support.proxy import RunningProxy, start_proxy
 from support.upstreams import RecordingUpstream
 
@@ -73,6 +77,7 @@ async def _client_goes_away(tmp: Path, pki: PKI, prefix: bytes, how: str) -> flo
         sock.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(up.closed.wait(), 5)
     elapsed = up.closed_at - started
+    print(f"upstream closed {elapsed * 1000:.1f} ms after the local client's {how}")
     await until(lambda: not proxy.server.tunnels and not endpoint._busy)
     assert "client went away: tunnel exchange aborted" in logs.getvalue()
     writer.close()
@@ -246,3 +251,34 @@ async def test_idle_tunnels_are_bounded_and_expire(tmp: Path, pki: PKI) -> None:
     await proxy.stop()
     for u in ups:
         await u.close()
+
+
+async def test_cli_flags_reach_the_endpoint(tmp: Path, pki: PKI) -> None:
+    """`--response-timeout`, `--max-body` and `--allow-host` as a user types them."""
+    up = await HangingUpstream(b"").start()
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{up.port}"})
+    local = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mcp-tunnel"), "connect", "--proxy", proxy.url, "--ca", str(pki.ca_file),
+         "--host", HOST, "--listen", f"127.0.0.1:{local}", "--response-timeout", "0.3",
+         "--max-body", "10", "--allow-host", "mcp.internal"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.to_thread(proc.stderr.readline)
+        assert "connect ready" in line, line
+        url = f"http://127.0.0.1:{local}/mcp"
+        async with httpx2.AsyncClient() as http:
+            resp = await http.post(url, content=b"x" * 11)
+            assert resp.status_code == 413
+            assert (await http.post(url, headers={"Host": "other.internal"})).status_code == 403
+            resp = await http.post(url, headers={"Host": "mcp.internal"}, content=b"{}")
+            assert resp.status_code == 504
+            assert resp.text.startswith("no response within 0.3s (connect --response-timeout)")
+        await asyncio.wait_for(up.closed.wait(), 2)
+    finally:
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 10) == 0  # the proxy runs in this loop
+    await proxy.stop()
+    await up.close()

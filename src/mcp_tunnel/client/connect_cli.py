@@ -119,13 +119,14 @@ async def _serve(endpoint: LocalEndpoint, host: str, port: int, log: Logger) -> 
         await endpoint.start(host, port)
     except OSError as exc:
         raise UsageError(f"--listen {host}:{port}: {exc.strerror or exc}") from None
-    log.info(
-        "connect ready", url=f"http://{host}:{endpoint.port}/", route_host=route_host, proxy=client.proxy_url
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Ready only once a signal would stop it cleanly: a supervisor may send one at once.
+    log.info(
+        "connect ready", url=f"http://{host}:{endpoint.port}/", route_host=route_host, proxy=client.proxy_url
+    )
     with contextlib.suppress(asyncio.CancelledError):
         await stop.wait()
     await endpoint.close()

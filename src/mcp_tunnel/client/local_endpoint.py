@@ -46,6 +46,7 @@ DEFAULT_RESPONSE_TIMEOUT = Limits().upstream_response_timeout
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_IDLE = 8
 DEFAULT_IDLE_TIMEOUT = 60.0  # half the proxy's default idle_timeout: we close first, not it
+CLOSE_GRACE = 1.0  # seconds idle tunnels get to close politely when the endpoint stops
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
@@ -156,6 +157,7 @@ class LocalEndpoint:
         self.tunnels_opened = 0  # tunnels this endpoint has opened: what pooling keeps low
         self._handlers: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()
+        self._closing_conns: set[TunnelConnection] = set()
         self._idle: list[tuple[TunnelConnection, asyncio.TimerHandle]] = []
         self._busy: set[TunnelConnection] = set()
         self._closing = False
@@ -191,7 +193,10 @@ class LocalEndpoint:
             timer.cancel()
             self._close_later(conn)
         if self._closers:
-            await asyncio.wait(self._closers)
+            # A polite close waits for the proxy's answer; shutting down must not hang on it.
+            await asyncio.wait(self._closers, timeout=CLOSE_GRACE)
+            for conn in list(self._closing_conns):
+                conn.abort()
 
     # --- the tunnel pool ------------------------------------------------------------------
 
@@ -233,7 +238,13 @@ class LocalEndpoint:
             return
         task = asyncio.get_running_loop().create_task(conn.close())
         self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        self._closing_conns.add(conn)
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._closers.discard(task)
+            self._closing_conns.discard(conn)
+
+        task.add_done_callback(done)
 
     # --- one local connection ---------------------------------------------------------------
 
