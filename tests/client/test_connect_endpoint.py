@@ -282,3 +282,21 @@ async def test_cli_flags_reach_the_endpoint(tmp: Path, pki: PKI) -> None:
         assert await asyncio.to_thread(proc.wait, 10) == 0  # the proxy runs in this loop
     await proxy.stop()
     await up.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """More requests in one write than connect reads ahead: all answered, in order."""
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    endpoint = await _endpoint(proxy)
+    n = 40
+    requests = b"".join(b"GET /p%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i for i in range(n))
+    reader, writer = await _raw_request(endpoint.port, requests)
+    for i in range(n):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        assert await reader.readexactly(length) == b"GET /p%d 0\n" % i
+    writer.close()
+    await endpoint.close()
+    await proxy.stop()

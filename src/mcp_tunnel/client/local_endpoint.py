@@ -46,6 +46,7 @@ DEFAULT_RESPONSE_TIMEOUT = Limits().upstream_response_timeout
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_IDLE = 8
 DEFAULT_IDLE_TIMEOUT = 60.0  # half the proxy's default idle_timeout: we close first, not it
+MAX_PIPELINED = 16  # requests read ahead of the one in flight; then the socket waits
 CLOSE_GRACE = 1.0  # seconds idle tunnels get to close politely when the endpoint stops
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
@@ -255,10 +256,12 @@ class LocalEndpoint:
         parser = _LocalParser(self.max_body)
         queue: asyncio.Queue[_Request | ProxyError | None] = asyncio.Queue()
         gone = asyncio.Event()  # the client closed (half or all of) its connection
-        read_task = asyncio.create_task(self._read_local(reader, parser, queue, gone))
+        room = asyncio.Event()  # the queue has room again
+        read_task = asyncio.create_task(self._read_local(reader, parser, queue, gone, room))
         try:
             while True:
                 item = await queue.get()
+                room.set()
                 if item is None:
                     break
                 if isinstance(item, ProxyError):
@@ -288,10 +291,15 @@ class LocalEndpoint:
         parser: _LocalParser,
         queue: asyncio.Queue[_Request | ProxyError | None],
         gone: asyncio.Event,
+        room: asyncio.Event,
     ) -> None:
-        """Read the local socket until it ends, also while a response is in flight."""
+        """Read the local socket until it ends, also while a response is in flight (a client that
+        pipelines more than MAX_PIPELINED requests is read no further until they are served)."""
         try:
             while True:
+                while queue.qsize() >= MAX_PIPELINED:
+                    room.clear()
+                    await room.wait()
                 data = await reader.read(65536)
                 if not data:
                     break
