@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_tunnel.client.local_endpoint import LocalEndpoint
 from mcp_tunnel.client.tunnel_client import TunnelClient, client_ssl_context
 from mcp_tunnel.logs import Logger
+from support.builds import SRC
 from support.mcp_server import running_mcp_server
 from support.pki import PKI, make_pki
 from support.procs import BIN, free_port
@@ -37,7 +39,7 @@ async def test_connect_cli_with_official_sdk_client(tmp: Path, pki: PKI) -> None
         proc = subprocess.Popen(
             [str(BIN / "mcp-tunnel"), "connect", "--proxy", proxy.url, "--ca", str(pki.ca_file),
              "--host", HOST, "--listen", f"127.0.0.1:{local}"],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)},
         )  # fmt: skip
         try:
             assert proc.stderr is not None
@@ -55,7 +57,7 @@ async def test_connect_cli_with_official_sdk_client(tmp: Path, pki: PKI) -> None
                 assert result.content[0].text == "Hello, connect!"  # type: ignore[union-attr]
         finally:
             proc.terminate()
-            assert proc.wait(10) == 0
+            assert await asyncio.to_thread(proc.wait, 10) == 0  # the proxy runs in this loop
         assert proxy.log_has("host=echo.tunnel.test path=/mcp")
         await proxy.stop()
 

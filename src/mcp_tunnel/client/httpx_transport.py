@@ -1,5 +1,12 @@
 """An httpx2 transport over tunnel connections, so any httpx2-based client (the official MCP
-SDK's among them) can speak through the proxy exactly as Anthropic's backend would."""
+SDK's among them) can speak through the proxy exactly as Anthropic's backend would.
+
+A request that ends early (cancelled while connecting, sending, waiting for the head or reading
+the body; a body closed before its end) aborts its tunnel at once: with HTTP/1.1 inside, the
+only way to stop a response is to drop its connection, and a WebSocket that ends without TLS
+close_notify mid-request is what makes the proxy abort the upstream exchange (SPEC §2). With
+the 2026-07-28 MCP protocol that abort *is* the cancellation of a tool call.
+"""
 
 from __future__ import annotations
 
@@ -24,14 +31,16 @@ class _BodyStream(httpx2.AsyncByteStream):
             async for piece in self._resp.iter_body():
                 yield piece
         except TunnelClientError as exc:
+            self._transport._drop(self._conn)
             raise httpx2.ReadError(str(exc)) from None
         self._done = True
 
     async def aclose(self) -> None:
+        # No await on the way out of a cancel: the abort is synchronous.
         if self._done and not self._conn.closed:
             self._transport._release(self._host, self._conn)
         else:
-            await self._conn.close()
+            self._transport._drop(self._conn)
 
 
 class TunnelTransport(httpx2.AsyncBaseTransport):
@@ -42,11 +51,24 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
         self._idle: dict[str, list[TunnelConnection]] = {}
         self._all: set[TunnelConnection] = set()
 
+    @property
+    def open_connections(self) -> int:
+        """Tunnels this transport holds (busy or idle): what a leak would make grow."""
+        return len(self._all)
+
+    def _take_idle(self, host: str) -> TunnelConnection | None:
+        idle = self._idle.get(host)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+            self._drop(conn)  # the proxy closed it while it waited (its idle timeout)
+        return None
+
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         host = request.url.host
         authority = host if request.url.port is None else f"{host}:{request.url.port}"
-        idle = self._idle.get(host)
-        conn = idle.pop() if idle else None
+        conn = self._take_idle(host)
         try:
             if conn is None:
                 conn = await self.client.connect(host)
@@ -63,10 +85,14 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
             )
         except TunnelClientError as exc:
             if conn is not None:
-                await conn.close()
+                self._drop(conn)
             if exc.stage == "timeout":
                 raise httpx2.TimeoutException(str(exc), request=request) from None
             raise httpx2.ConnectError(str(exc), request=request) from None
+        except BaseException:  # cancelled at any stage: the tunnel goes with the request
+            if conn is not None:
+                self._drop(conn)
+            raise
         return httpx2.Response(
             resp.status,
             headers=resp.headers,
@@ -76,6 +102,14 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
 
     def _release(self, host: str, conn: TunnelConnection) -> None:
         self._idle.setdefault(host, []).append(conn)
+
+    def _drop(self, conn: TunnelConnection) -> None:
+        """Abort `conn` (the proxy aborts its upstream exchange) and forget it."""
+        conn.abort()
+        self._all.discard(conn)
+        for idle in self._idle.values():
+            if conn in idle:
+                idle.remove(conn)
 
     async def aclose(self) -> None:
         for conn in list(self._all):

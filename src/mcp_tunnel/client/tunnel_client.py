@@ -538,8 +538,14 @@ class TunnelConnection(asyncio.BufferedProtocol):
         host: str,
         headers: Iterable[tuple[str, str]] = (),
         body: bytes | AsyncIterable[bytes] | None = None,
+        head_timeout: float | None = -1.0,
     ) -> Response:
-        """Send one request and return once the response head has arrived."""
+        """Send one request and return once the response head has arrived.
+
+        `head_timeout` bounds sending and waiting for the head: negative means the client's
+        `timeout`, None means no bound (a tool call may take minutes before its first byte).
+        """
+        limit = self.timeout if head_timeout is not None and head_timeout < 0 else head_timeout
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
         lines += [f"{k}: {v}" for k, v in headers if k.lower() != "host"]
         streaming = body is not None and not isinstance(body, bytes)
@@ -550,7 +556,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.busy = True
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 if isinstance(body, bytes):
                     await self.send_raw(head + body)
                 elif body is not None:
@@ -563,7 +569,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
                     await self.send_raw(head)
                 return await self.read_response(head_only=method == "HEAD")
         except TimeoutError:
-            raise TunnelClientError("timeout", f"no response within {self.timeout:g}s") from None
+            raise TunnelClientError("timeout", f"no response within {limit:g}s") from None
 
     async def read_response(self, *, head_only: bool = False) -> Response:
         reader = _ResponseReader(head_only)
@@ -697,13 +703,19 @@ class TunnelClient:
         except (OSError, InvalidHandshake) as exc:
             conn.abort()
             raise TunnelClientError("websocket", f"{url}: {exc}") from None
+        except BaseException:  # cancelled while connecting: no socket may outlive the caller
+            conn.abort()
+            raise
         try:
             async with asyncio.timeout(self.timeout):
                 await conn.handshake()
         except TimeoutError:
             conn.abort()
             raise TunnelClientError("timeout", f"TLS handshake with {host} timed out") from None
-        except BaseException:
+        except TunnelClientError:
             await conn.close()
+            raise
+        except BaseException:  # cancelled: awaiting a polite close could hang the cancel
+            conn.abort()
             raise
         return conn
