@@ -300,3 +300,38 @@ async def test_pipelined_requests_are_answered_in_order(
     writer.close()
     await endpoint.close()
     await proxy.stop()
+
+
+async def test_a_40_second_call_through_connect_succeeds(tmp: Path, pki: PKI) -> None:
+    """The issue's own case: a tool call whose answer takes 40 s, through `connect` as a user
+    starts it (no flags), is answered; the old client cut the head wait at 30 s with a 502."""
+    up = await HangingUpstream(b"").start()
+    up.rest = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{up.port}"})
+    local = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mcp-tunnel"), "connect", "--proxy", proxy.url, "--ca", str(pki.ca_file),
+         "--host", HOST, "--listen", f"127.0.0.1:{local}"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+
+    async def answer_after_40s() -> None:
+        await up.got_request.wait()
+        await asyncio.sleep(40)  # the duration under test, not a synchronisation
+        up.release.set()
+
+    releaser = asyncio.create_task(answer_after_40s())
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.to_thread(proc.stderr.readline)
+        assert "connect ready" in line, line
+        async with httpx2.AsyncClient(timeout=60) as http:
+            resp = await http.post(f"http://127.0.0.1:{local}/mcp", content=b"{}")
+        assert (resp.status_code, resp.text) == (200, "{}")
+        await releaser
+    finally:
+        releaser.cancel()
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    await proxy.stop()
+    await up.close()
