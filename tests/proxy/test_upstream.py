@@ -10,7 +10,7 @@ from mcp_tunnel.certs.files import write_atomic
 from mcp_tunnel.certs.generate import generate_ca, issue_server_cert, pem_cert, pem_key
 from support.pki import PKI
 from support.proxy import RunningProxy, start_proxy
-from support.upstreams import RecordingUpstream, ScriptedResolver
+from support.upstreams import LoopbackRecordingDial, RecordingUpstream, ScriptedResolver
 
 HOST = "echo.tunnel.test"
 
@@ -25,33 +25,46 @@ async def _get(proxy: RunningProxy, path: str = "/") -> tuple[int, bytes]:
 
 async def test_loopback_refused_by_default(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     resolver = ScriptedResolver({"svc.internal": [["127.0.0.1"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
-        tmp, pki, {"echo": f"http://svc.internal:{upstream.port}"}, resolver=resolver, upstream=None
+        tmp,
+        pki,
+        {"echo": f"http://svc.internal:{upstream.port}"},
+        resolver=resolver,
+        dial=dial,
+        upstream=None,
     )
     status, body = await _get(proxy)
     assert status == 502
     assert b"127.0.0.1" not in body and b"svc.internal" not in body
     assert proxy.log_has("IP validation failed: 127.0.0.1 is not a private address")
     assert upstream.connections == 0
+    assert dial.dialled == []
     await proxy.stop()
 
 
 async def test_public_address_refused_by_default(tmp: Path, pki: PKI) -> None:
     resolver = ScriptedResolver({"svc.internal": [["8.8.8.8"]]})
-    proxy = await start_proxy(tmp, pki, {"echo": "http://svc.internal:80"}, resolver=resolver, upstream=None)
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
+    proxy = await start_proxy(
+        tmp, pki, {"echo": "http://svc.internal:80"}, resolver=resolver, dial=dial, upstream=None
+    )
     status, _ = await _get(proxy)
     assert status == 502
     assert proxy.log_has("IP validation failed: 8.8.8.8 is not a private address")
+    assert dial.dialled == []
     await proxy.stop()
 
 
 async def test_allowed_when_listed_and_cidr_edges(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     resolver = ScriptedResolver({"in.internal": [["127.0.0.1"]], "out.internal": [["127.0.0.2"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": f"http://in.internal:{upstream.port}", "other": f"http://out.internal:{upstream.port}"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": ["127.0.0.1/32"]},
     )
     assert (await _get(proxy))[0] == 200
@@ -68,15 +81,18 @@ async def test_mixed_answer_connects_only_to_allowed(
     tmp: Path, pki: PKI, upstream: RecordingUpstream
 ) -> None:
     resolver = ScriptedResolver({"mix.internal": [["8.8.8.8", "127.0.0.1", "1.1.1.1"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": f"http://mix.internal:{upstream.port}"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": ["127.0.0.0/8"]},
     )
     assert (await _get(proxy))[0] == 200
     assert upstream.connections == 1
+    assert dial.dialled == ["127.0.0.1"]
     await proxy.stop()
 
 
@@ -85,11 +101,13 @@ async def test_answer_changing_after_check_cannot_redirect(
 ) -> None:
     """Rebinding: the first answer is vetted and used; a second lookup never happens."""
     resolver = ScriptedResolver({"rebind.internal": [["127.0.0.1"], ["8.8.8.8"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": f"http://rebind.internal:{upstream.port}"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": ["127.0.0.0/8"]},
     )
     assert (await _get(proxy))[0] == 200
@@ -98,17 +116,20 @@ async def test_answer_changing_after_check_cannot_redirect(
     proxy.server.connector.close_idle()
     assert (await _get(proxy))[0] == 502
     assert resolver.calls == ["rebind.internal", "rebind.internal"]
+    assert dial.dialled == ["127.0.0.1"]
     assert proxy.log_has("IP validation failed: 8.8.8.8 is not a private address")
     await proxy.stop()
 
 
 async def test_dns_failure_fails_closed(tmp: Path, pki: PKI) -> None:
     resolver = ScriptedResolver({})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": "http://gone.internal:80"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": ["0.0.0.0/0"]},
     )
     status, body = await _get(proxy)
@@ -135,11 +156,13 @@ async def test_odd_ipv4_spellings_judged_by_their_address(
 
 async def test_disable_ip_validation(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
     resolver = ScriptedResolver({"any.internal": [["127.0.0.1"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": f"http://any.internal:{upstream.port}"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": None, "disable_ip_validation": True},
     )
     assert (await _get(proxy))[0] == 200
@@ -158,11 +181,13 @@ async def test_https_upstream_verified_with_configured_ca(tmp: Path, pki: PKI) -
     server_ctx.load_cert_chain(tmp / "up.crt", tmp / "up.key")
     up = await RecordingUpstream().start(ssl=server_ctx)
     resolver = ScriptedResolver({"secure.svc.internal": [["127.0.0.1"]], "wrong.example": [["127.0.0.1"]]})
+    dial = LoopbackRecordingDial()  # records; never leaves loopback
     proxy = await start_proxy(
         tmp,
         pki,
         {"echo": f"https://secure.svc.internal:{up.port}", "bad": f"https://wrong.example:{up.port}"},
         resolver=resolver,
+        dial=dial,
         upstream={"allowed_ips": ["127.0.0.0/8"], "tls": {"ca_file": str(tmp / "up-ca.crt")}},
     )
     assert (await _get(proxy))[0] == 200, proxy.logs.getvalue()

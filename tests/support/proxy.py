@@ -16,7 +16,7 @@ from mcp_tunnel.client import TunnelClient, client_ssl_context
 from mcp_tunnel.config import load_config
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.server import ProxyServer
-from mcp_tunnel.proxy.upstream import Resolver
+from mcp_tunnel.proxy.upstream import Dial, Resolver, loop_dial
 from support.pki import PKI
 
 
@@ -76,12 +76,15 @@ async def start_proxy(
     routes: Mapping[str, str],
     *,
     resolver: Resolver | None = None,
+    dial: Dial = loop_dial,
     **extra: Any,
 ) -> RunningProxy:
     path = write_config(tmp, pki, routes, **extra)
     config = load_config(str(path))
     logs = io.StringIO()
-    server = ProxyServer(config, Logger(config.log_level, config.log_format, stream=logs), resolver=resolver)
+    server = ProxyServer(
+        config, Logger(config.log_level, config.log_format, stream=logs), resolver=resolver, dial=dial
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -8,11 +8,14 @@ that wait for the test's signal.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+
+from mcp_tunnel.proxy.upstream import UpstreamProtocol, loop_dial
 
 
 @dataclass
@@ -135,3 +138,22 @@ class ScriptedResolver:
             raise answer
         n = sum(1 for h in self.calls if h == host) - 1
         return list(answer[min(n, len(answer) - 1)])
+
+
+class LoopbackRecordingDial:
+    """A `Dial` that records every address asked for and really connects only to 127.0.0.1.
+
+    Anything else fails at once without a packet, so a broken seam that dials a refused (even a
+    public) address shows up in `dialled` and never leaves this machine.
+    """
+
+    def __init__(self) -> None:
+        self.dialled: list[str] = []
+
+    async def __call__(
+        self, address: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+    ) -> tuple[asyncio.Transport, UpstreamProtocol]:
+        self.dialled.append(address)
+        if address != "127.0.0.1":
+            raise ConnectionRefusedError(111, f"test dial refuses {address}")
+        return await loop_dial(address, port, ssl_context, server_hostname)

@@ -85,14 +85,9 @@ def first_sse_json(text: str) -> object:
 class Probes:
     """Network access for the doctor; `connects` records every address it connected to."""
 
-    resolver: Resolver = field(default_factory=SystemResolver)
+    resolver: Resolver = field(default_factory=SystemResolver)  # routing resolves through the seam
     timeout: float = 5.0
     connects: list[tuple[str, int]] = field(default_factory=list)
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        """IPv4 addresses as the proxy would see them; raises OSError (with the reason)."""
-        async with asyncio.timeout(self.timeout):
-            return await self.resolver.resolve(host, port)
 
     async def connect(
         self, address: str, port: int, *, tls: ssl.SSLContext | None = None, server_name: str | None = None

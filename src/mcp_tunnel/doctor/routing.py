@@ -1,9 +1,9 @@
 """Step 4, routing and IP validation: can the proxy reach each route's upstream, and may it?
 
-The doctor resolves each upstream as the proxy does (IPv4 only), judges every address against
-`upstream.allowed_ips` exactly as the proxy will (`IPPolicy`), and connects only to addresses the
-policy allows: it never opens a connection the proxy would refuse. With `--path`, an MCP
-`initialize` goes through the whole path (tunnel, proxy, upstream).
+The doctor resolves each upstream and judges every address against `upstream.allowed_ips` with
+the proxy's own function (`proxy.upstream.vetted_addresses`, the connect seam's resolve-and-vet),
+and connects only to addresses the policy allows: it never opens a connection the proxy would
+refuse. With `--path`, an MCP `initialize` goes through the whole path (tunnel, proxy, upstream).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mcp_tunnel.doctor.context import Context
 from mcp_tunnel.doctor.model import Check, Status, fail, ok, skip, warn
 from mcp_tunnel.doctor.probes import ConnectResult, HttpResult
 from mcp_tunnel.ippolicy import IPPolicy, covering_network
-from mcp_tunnel.proxy.upstream import upstream_ssl_context
+from mcp_tunnel.proxy.upstream import upstream_ssl_context, vetted_addresses
 from mcp_tunnel.routing import Route
 
 MCP_PROTOCOL_VERSION = "2025-06-18"
@@ -207,14 +207,17 @@ async def run(ctx: Context) -> list[Check]:
 
 
 async def _gather(ctx: Context, config: Config, route: Route) -> RouteFacts:
+    probes = ctx.probes
     try:
-        addresses = await ctx.probes.resolve(route.host, route.port)
+        vetted = await vetted_addresses(
+            probes.resolver, config.upstream.policy, route.host, route.port, probes.timeout
+        )
     except (OSError, TimeoutError) as exc:
         reason = (
             "timed out" if isinstance(exc, TimeoutError) else (getattr(exc, "strerror", None) or str(exc))
         )
         return RouteFacts(route, resolve_error=reason)
-    allowed, _ = config.upstream.policy.partition(addresses)
+    addresses, allowed = vetted.answer, vetted.allowed
     if not allowed:
         return RouteFacts(route, tuple(addresses))
     tls: ssl.SSLContext | None = None
@@ -226,8 +229,8 @@ async def _gather(ctx: Context, config: Config, route: Route) -> RouteFacts:
                 route, tuple(addresses), connect=ConnectResult(allowed[0], route.port, f"TLS failed: {exc}")
             )
     result: ConnectResult | None = None
-    for address in allowed:
-        result = await ctx.probes.connect(address, route.port, tls=tls, server_name=route.host)
+    for address in allowed:  # only vetted addresses, in resolver order, as the proxy dials them
+        result = await probes.connect(address, route.port, tls=tls, server_name=route.host)
         if result.error is None:
             break
     return RouteFacts(route, tuple(addresses), connect=result)

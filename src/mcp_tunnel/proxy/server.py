@@ -18,7 +18,7 @@ from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
-from mcp_tunnel.proxy.upstream import Connector, Resolver, SystemResolver
+from mcp_tunnel.proxy.upstream import Connector, Dial, Resolver, SystemResolver, loop_dial
 from mcp_tunnel.tls_session import make_server_context
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class ProxyServer:
         log: Logger,
         *,
         resolver: Resolver | None = None,
+        dial: Dial = loop_dial,
         watcher: CertificateWatcher | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -47,6 +48,7 @@ class ProxyServer:
         # One resolver for the process, kept across reloads: a name that never answers holds
         # one lookup thread however many connectors (reloads) ask for it.
         self.resolver: Resolver = resolver or SystemResolver()
+        self.dial: Dial = dial  # how every connector dials a vetted address (tests record it)
         self.metrics = metrics or Metrics()
         self.forwarder = Forwarder(self)
         self.tunnels: set[TunnelProtocol] = set()
@@ -79,6 +81,7 @@ class ProxyServer:
             config.upstream,
             self.log,
             resolver=self.resolver,
+            dial=self.dial,
             connect_timeout=config.limits.upstream_connect_timeout,
             dns_timeout=config.limits.dns_timeout,
             on_unsolicited=self.upstream_unsolicited,

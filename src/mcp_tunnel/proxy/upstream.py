@@ -1,9 +1,10 @@
 """The one seam where the proxy connects to the network (SPEC §5).
 
 Every new upstream connection goes through `Connector.connect`: resolve (IPv4 only), keep the
-addresses the IP policy allows, and connect to one of those exact addresses, so a name that
-re-resolves elsewhere between check and connect (DNS rebinding) cannot slip past. Nothing else
-in the proxy opens a socket to an upstream.
+addresses the IP policy allows (`vetted_addresses`, which the doctor uses too), and dial one of
+those exact addresses, so a name that re-resolves elsewhere between check and connect (DNS
+rebinding) cannot slip past. Nothing else in the proxy opens a socket to an upstream. The
+resolver and the dial are injectable, so tests can script DNS and see which address is dialled.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar, Protocol
 
 from mcp_tunnel.config import UpstreamSettings
 from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
+from mcp_tunnel.ippolicy import IPPolicy
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.dns import ThreadedResolver
 from mcp_tunnel.routing import Route
@@ -55,6 +57,28 @@ class Resolver(Protocol):
 # getaddrinfo, IPv4 only (AAAA answers are ignored, SPEC §5), on daemon threads of its own with
 # one lookup in flight per name, so a name that never answers delays no other (proxy/dns.py).
 SystemResolver = ThreadedResolver
+
+
+@dataclass(frozen=True, slots=True)
+class Vetted:
+    """One resolution of an upstream name, judged by the IP policy (both keep resolver order)."""
+
+    answer: list[str]  # every IPv4 address the resolver gave
+    allowed: list[str]  # the only addresses that may be dialled
+    refused: list[str]
+
+
+async def vetted_addresses(
+    resolver: Resolver, policy: IPPolicy, host: str, port: int, dns_timeout: float
+) -> Vetted:
+    """Resolve `host` (within `dns_timeout`) and split the answer by the policy: the one copy of it.
+
+    Raises TimeoutError when the name does not answer in time, OSError when it does not resolve.
+    Called afresh for every new connection: an answer is never reused, so each is judged on its own.
+    """
+    answer = await asyncio.wait_for(resolver.resolve(host, port), dns_timeout)
+    allowed, refused = policy.partition(answer)
+    return Vetted(answer, allowed, refused)
 
 
 def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
@@ -150,6 +174,23 @@ class UpstreamProtocol(asyncio.Protocol):
                 waiter.set_exception(exc)
 
 
+class Dial(Protocol):
+    """Opens the TCP (and TLS) connection to one vetted address: the only place the proxy dials."""
+
+    def __call__(
+        self, address: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+    ) -> Awaitable[tuple[asyncio.Transport, UpstreamProtocol]]: ...
+
+
+def loop_dial(
+    address: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
+) -> Awaitable[tuple[asyncio.Transport, UpstreamProtocol]]:
+    """The default `Dial`: the loop's create_connection itself (no coroutine of our own around it)."""
+    return asyncio.get_running_loop().create_connection(
+        UpstreamProtocol, address, port, ssl=ssl_context, server_hostname=server_hostname
+    )
+
+
 @dataclass(eq=False, slots=True)
 class UpstreamConnection:
     route: Route
@@ -179,6 +220,7 @@ class Connector:
         log: Logger,
         *,
         resolver: Resolver | None = None,
+        dial: Dial = loop_dial,
         connect_timeout: float = 10.0,
         dns_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -187,6 +229,7 @@ class Connector:
         self.settings = settings
         self.log = log
         self.resolver: Resolver = resolver or SystemResolver()
+        self.dial: Dial = dial
         self.connect_timeout = connect_timeout  # the TCP (and TLS) connect, per address
         self.dns_timeout = dns_timeout  # the name's resolution: a 502, as a name that fails
         self.ssl_context = upstream_ssl_context(settings)
@@ -240,8 +283,9 @@ class Connector:
     async def connect(self, route: Route) -> UpstreamConnection:
         """Resolve, vet every address against the policy, connect to a vetted address."""
         try:
-            resolving = self.resolver.resolve(route.host, route.port)
-            addresses = await asyncio.wait_for(resolving, self.dns_timeout)
+            vetted = await vetted_addresses(
+                self.resolver, self.settings.policy, route.host, route.port, self.dns_timeout
+            )
         except TimeoutError:
             self.log.warn(
                 "upstream resolution timed out",
@@ -255,14 +299,14 @@ class Connector:
                 "upstream resolution failed", route=route.key, upstream=route.upstream, error=str(exc)
             )
             raise UpstreamDNSError(f"cannot resolve {route.host}: {exc}") from None
-        allowed, refused = self.settings.policy.partition(addresses)
+        allowed, refused = vetted.allowed, vetted.refused
         if not allowed:
             shown = refused[0] if refused else "none"
             self.log.warn(
                 f"IP validation failed: {shown} is not a private address",
                 route=route.key,
                 upstream=route.upstream,
-                resolved=",".join(addresses) or "none",
+                resolved=",".join(vetted.answer) or "none",
             )
             raise UpstreamRefused(
                 f"{route.host} resolved only to refused addresses", addresses=tuple(refused)
@@ -277,16 +321,15 @@ class Connector:
         if tls and self.ssl_context is None:
             raise UpstreamTLSError("https upstream without upstream.tls trust anchors")
         last_error: Exception | None = None
-        loop = asyncio.get_running_loop()
-        for address in allowed:
+        dial = self.dial
+        for address in allowed:  # only vetted addresses, in resolver order
             try:
                 transport, protocol = await asyncio.wait_for(
-                    loop.create_connection(
-                        UpstreamProtocol,
+                    dial(
                         address,
                         route.port,
-                        ssl=self.ssl_context if tls else None,
-                        server_hostname=route.host if tls else None,
+                        self.ssl_context if tls else None,
+                        route.host if tls else None,
                     ),
                     self.connect_timeout,
                 )
