@@ -197,6 +197,16 @@ class Logger:
             f" route={route}{err}\n"
         )
 
+    def info_later(self, msg: str, fields: dict[str, Any]) -> None:
+        """``info(msg, **fields)`` rendered at the next flush, like the request lines (the MCP
+        audit lines: not built on the request's way)."""
+        if self.info_enabled:
+            now = self._last = _time()
+            self.later(self._info_line, now, msg, fields)
+
+    def _info_line(self, now: float, msg: str, fields: dict[str, Any]) -> None:
+        self._put(self._line(now, "info", msg, fields))
+
     # --- writing and flushing ------------------------------------------------------------------
 
     def later(self, fn: Callable[..., None], *args: Any) -> None:
