@@ -174,11 +174,11 @@ def test_json_answer_is_held_filtered_and_read_for_the_audit() -> None:
     assert (b"content-length", str(len(new_body)).encode()) in new_headers
     assert [t["name"] for t in json.loads(new_body)[0]["result"]["tools"]] == ["get_page"]
     records = mex.records(200, 1.5, "")
-    assert [(r["method"], r.get("name"), r["id"], r["outcome"]) for r in records] == [
-        ("tools/list", None, "1", "ok"),
+    assert [(r.method, r.name, r.id, r.outcome) for r in records] == [
+        ("tools/list", "", "1", "ok"),
         ("tools/call", "get_page", "2", "-32001"),
     ]
-    assert records[0]["session"] == "01234567"
+    assert records[0].session == "01234567"
     assert outcome_label("-32001") == "error" and outcome_label("-32602") == "-32602"
 
 
@@ -188,8 +188,8 @@ def test_sse_answer_is_filtered_in_stream_and_audited_by_status() -> None:
     headers = [(b"content-type", b"text/event-stream"), (b"content-length", b"5")]
     assert not mex.head(200, headers)
     assert mex.sse is not None and headers == [(b"content-type", b"text/event-stream")]
-    assert mex.records(200, 1.0, "")[0]["outcome"] == "ok"
-    assert mex.records(502, 1.0, "upstream closed")[0]["outcome"] == "http_502"
+    assert mex.records(200, 1.0, "")[0].outcome == "ok"
+    assert mex.records(502, 1.0, "upstream closed")[0].outcome == "http_502"
     assert outcome_label("http_502") == "http_5xx"
 
 
@@ -201,14 +201,38 @@ def test_a_tools_list_answer_over_the_cap_is_never_relayed_unfiltered() -> None:
         mex.keep(b" " * (MAX_BODY + 1))
     audit_only = exchange(None)
     audit_only.judge(json.dumps(call("x")).encode())
-    assert audit_only.head(200, list(JSON))
-    assert not audit_only.keep(b" " * (MAX_BODY + 1))  # audit only: released as it came
-    assert audit_only.release() == [b" " * (MAX_BODY + 1)]
+    assert not audit_only.head(200, list(JSON))  # audit only: never held, copied as it passes
+    assert audit_only.peeking
+    audit_only.peek(b" " * (MAX_BODY + 1))
+    assert not audit_only.peeking  # over the cap: the status decides the outcome
+    assert audit_only.records(200, 1.0, "")[0].outcome == "ok"
+
+
+def test_audit_only_reads_the_outcome_from_a_copy_of_the_answer() -> None:
+    mex = exchange(None)
+    mex.judge(
+        json.dumps([call("a", 1), call("b", 2), {"jsonrpc": "2.0", "method": "notifications/x"}]).encode()
+    )
+    assert not mex.head(200, list(JSON)) and mex.peeking
+    answer = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": 1, "result": {}},
+            {"jsonrpc": "2.0", "id": 2, "error": {"code": -32603, "message": "boom"}},
+        ]
+    )
+    mex.peek(answer[:20].encode())
+    mex.peek(answer[20:].encode())
+    records = mex.records(200, 2.0, "")
+    assert [(r.name, r.id, r.outcome) for r in records] == [
+        ("a", "1", "ok"),
+        ("b", "2", "-32603"),
+        ("", "", "ok"),
+    ]
 
 
 def test_denied_records_and_labels() -> None:
     mex = exchange(DENY)
     mex.judge(json.dumps(call("delete_all")).encode())
     assert mex.answer is not None
-    assert [r["outcome"] for r in mex.records(200, 0.1, "")] == ["denied"]
+    assert [r.outcome for r in mex.records(200, 0.1, "")] == ["denied"]
     assert method_label("tools/call") == "tools/call" and method_label("x/y") == "other"

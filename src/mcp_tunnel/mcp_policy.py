@@ -17,12 +17,13 @@ only when the section is present; everything they then do with the answer is her
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcp_tunnel.errors import BadRequest, UpstreamProtocolError
 
@@ -125,6 +126,19 @@ def status_outcome(status: int) -> str:
     if 300 <= status < 600:
         return f"http_{status // 100}xx"
     return "http_other"
+
+
+class AuditRecord(NamedTuple):
+    """One ``mcp request`` line: what it names, never arguments or results."""
+
+    route: str
+    session: str  # the first SESSION_SHOWN characters of Mcp-Session-Id, "-" without one
+    method: str
+    name: str  # "" when the method names nothing
+    id: str  # "" for a notification
+    status: int
+    outcome: str
+    duration_ms: float
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -241,9 +255,9 @@ def filter_tools(doc: Any, policy: ToolPolicy) -> bool:
     return changed
 
 
-def _outcomes(doc: Any) -> dict[str, str]:
-    """JSON-RPC id (as ``json.dumps`` writes it) -> outcome, from a response or a batch of them."""
-    out: dict[str, str] = {}
+def _outcomes(doc: Any) -> dict[object, str]:
+    """JSON-RPC id (see `_id_key`) -> outcome, from a response or a batch of them."""
+    out: dict[object, str] = {}
     for item in doc if isinstance(doc, list) else [doc]:
         if not isinstance(item, dict):
             continue
@@ -259,8 +273,10 @@ def _outcomes(doc: Any) -> dict[str, str]:
     return out
 
 
-def _id_key(msg_id: Any) -> str:
-    return json.dumps(msg_id)
+def _id_key(msg_id: Any) -> object:
+    """A JSON-RPC id as a dict key: strings and numbers as they are (hashable), anything else
+    (an invalid id) as JSON text."""
+    return msg_id if isinstance(msg_id, (str, int, float)) else json.dumps(msg_id)
 
 
 class SseFilter:
@@ -394,6 +410,7 @@ class McpExchange:
         "holding",
         "messages",
         "outcomes",
+        "peeking",
         "policy",
         "reads",
         "request_headers",
@@ -421,8 +438,9 @@ class McpExchange:
         self.messages: list[Message] | None = None
         self.answer: bytes | None = None  # the proxy's own JSON answer (a denied call)
         self.filter = policy is not None  # tools/list answers may come (set by `judge`)
-        self.outcomes: dict[str, str] = {}
+        self.outcomes: dict[object, str] = {}
         self.holding = False
+        self.peeking = False  # an audited JSON answer, copied (up to the cap) as it passes
         self.headers: Headers = []
         self.sse: SseFilter | None = None
         self._held: list[bytes] = []
@@ -497,6 +515,9 @@ class McpExchange:
             return False
         if not _is_json(media):
             return False
+        if not self.filter:  # audit only: the answer passes as it comes, a copy is read at the end
+            self.peeking = True
+            return False
         self.headers = headers
         self.holding = True
         return True
@@ -512,6 +533,24 @@ class McpExchange:
             self.holding = False
             return False
         return True
+
+    def peek(self, body: bytes) -> None:
+        """Copy a piece of an audited answer; past the cap the outcome falls back to the status."""
+        self._size += len(body)
+        if self._size > MAX_BODY:
+            self.peeking = False
+            self._held = []
+        else:
+            self._held.append(body)
+
+    def _read_outcomes(self) -> None:
+        """The outcomes of the copied answer: parsed only when it holds an error member."""
+        body = b"".join(self._held) if len(self._held) != 1 else self._held[0]
+        self._held = []
+        if b'"error"' not in body:
+            return
+        with contextlib.suppress(ValueError):
+            self.outcomes = _outcomes(json.loads(body))
 
     def release(self) -> list[bytes]:
         held, self._held = self._held, []
@@ -537,30 +576,43 @@ class McpExchange:
 
     # --- the audit ------------------------------------------------------------------------
 
-    def records(self, status: int, duration_ms: float, error: str) -> list[dict[str, Any]]:
-        """One audit record per request or notification of the body (none when it was not read)."""
-        if not self.audit or self.messages is None:
+    def records(self, status: int, duration_ms: float, error: str) -> list[AuditRecord]:
+        """One audit record per request or notification of the body (none when it was not read).
+
+        `error`: why the proxy answered or cut the exchange itself ("" when the upstream's answer
+        went through). The outcome is `ok` or the JSON-RPC error code a JSON answer gave for the
+        message's id; for an event stream (or an answer over the cap) the HTTP status decides.
+        """
+        messages = self.messages
+        if not self.audit or messages is None:
             return []
+        if self._held and self.peeking:
+            self._read_outcomes()
         session = self.session.decode("latin-1")[:SESSION_SHOWN] if self.session else "-"
-        default = "denied" if self.answer is not None else status_outcome(status) if not error else ""
-        out: list[dict[str, Any]] = []
-        for m in self.messages:
-            outcome = default
-            if self.answer is not None:
-                policy = self.policy
+        route = self.route
+        out: list[AuditRecord] = []
+        if self.answer is not None:
+            policy = self.policy
+            for m in messages:
                 denied = m.method == "tools/call" and policy is not None and not policy.allows(m.name)
-                outcome = "denied" if denied else "refused"
-            elif error:
-                outcome = f"http_{status}" if status else "http_error"
-            elif m.request:
-                outcome = self.outcomes.get(_id_key(m.id), default)
-            record: dict[str, Any] = {"route": self.route, "session": session, "method": m.method[:MAX_NAME]}
-            if m.name:
-                record["name"] = m.name[:MAX_NAME]
-            if m.request:
-                record["id"] = str(m.id)[:MAX_NAME]
-            record["status"] = status
-            record["outcome"] = outcome
-            record["duration_ms"] = duration_ms
-            out.append(record)
+                out.append(
+                    self._record(route, session, m, status, "denied" if denied else "refused", duration_ms)
+                )
+            return out
+        default = (f"http_{status}" if status else "http_error") if error else status_outcome(status)
+        outcomes = self.outcomes
+        for m in messages:
+            outcome = default
+            if outcomes and m.request and not error:
+                outcome = outcomes.get(_id_key(m.id), default)
+            out.append(self._record(route, session, m, status, outcome, duration_ms))
         return out
+
+    @staticmethod
+    def _record(route: str, session: str, m: Message, status: int, outcome: str, ms: float) -> AuditRecord:
+        name = m.name
+        if len(name) > MAX_NAME:
+            name = name[:MAX_NAME]
+        method = m.method if len(m.method) <= MAX_NAME else m.method[:MAX_NAME]
+        msg_id = "" if not m.request else m.id[:MAX_NAME] if type(m.id) is str else str(m.id)[:MAX_NAME]
+        return AuditRecord(route, session, method, name, msg_id, status, outcome, ms)

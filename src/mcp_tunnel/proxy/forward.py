@@ -193,6 +193,8 @@ class ResponseRelay:
                 body = mcp.sse.feed(body)
                 if not body:
                     return
+            elif mcp.peeking:  # an audited JSON answer: passes unchanged, read at the end
+                mcp.peek(body)
         oauth = self.oauth
         if oauth is not None and oauth.holding:
             if not oauth.keep(body):  # over the cap: what was held goes out as it came
@@ -537,11 +539,9 @@ class Forwarder:
         server = self.server
         log = server.log
         metrics = server.metrics
-        for record in mcp.records(ex.status, round(seconds * 1000, 3), ex.reason):
-            log.info_later("mcp request", record)
-            metrics.mcp_request(
-                ex.route_key, method_label(record["method"]), outcome_label(record["outcome"])
-            )
+        for r in mcp.records(ex.status, round(seconds * 1000, 3), ex.reason):
+            log.mcp_request(r.route, r.session, r.method, r.name, r.id, r.status, r.outcome, r.duration_ms)
+            metrics.mcp_request(r.route, method_label(r.method), outcome_label(r.outcome))
 
     def _failed(self, tunnel: TunnelProtocol, ex: Exchange, exc: BaseException) -> bool:
         """Answer or cut an exchange that failed; False for what the caller must raise again."""
