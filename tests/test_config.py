@@ -1299,3 +1299,78 @@ def test_compose_oauth_example_loads_once_uncommented(files: Files, stack: str) 
     routes = "routes:\n  echo: http://hello-mcp:9000\n  auth: http://keycloak:8080\n"
     cfg = load_config(files.minimal(example, routes=routes), environ=ENV)
     assert cfg.oauth is not None and cfg.oauth.protected_resources == ("echo",)
+
+
+# --------------------------------------------------------------------------------------------
+# mcp: (issue #23)
+
+MCP_ROUTES = "routes:\n  wiki: http://wiki:9000\n  Tickets: http://tickets:9000\n"  # lines 6-8
+
+
+def test_mcp_section_loads(files: Files) -> None:
+    from mcp_tunnel.mcp_policy import ToolPolicy
+
+    extra = (
+        "mcp:\n"  # 9
+        "  audit: true\n"
+        "  routes:\n"
+        "    wiki:\n"
+        '      allow_tools: ["search_*", get_page]\n'
+        "    TICKETS:\n"
+        '      deny_tools: ["delete_*", "close_*"]\n'
+    )
+    cfg = load_config(files.minimal(extra, routes=MCP_ROUTES), environ=ENV)
+    assert cfg.mcp is not None and cfg.mcp.audit
+    assert dict(cfg.mcp.routes) == {
+        "wiki": ToolPolicy(allow=("search_*", "get_page")),
+        "tickets": ToolPolicy(deny=("delete_*", "close_*")),
+    }
+    assert load_config(files.minimal(routes=MCP_ROUTES), environ=ENV).mcp is None
+    audit_only = load_config(files.minimal("mcp:\n  audit: yes\n", routes=MCP_ROUTES), environ=ENV).mcp
+    assert audit_only is not None and audit_only.audit and not audit_only.routes
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "field", "parts"),
+    [
+        (
+            "  routes:\n    wiki:\n      allow_tools: [a]\n      deny_tools: [b]\n",
+            13,
+            "mcp.routes.wiki.deny_tools",
+            ("allow_tools (line 12) or deny_tools, not both",),
+        ),
+        (
+            "  routes:\n    wikki:\n      allow_tools: [a]\n",
+            11,
+            "mcp.routes",
+            ("unknown route key, did you mean wiki?",),
+        ),
+        (
+            '  routes:\n    wiki:\n      allow_tools: [a, ""]\n',
+            12,
+            "mcp.routes.wiki.allow_tools[1]",
+            ("empty pattern",),
+        ),
+        (
+            "  routes:\n    wiki:\n      deny_tools: [~]\n",
+            12,
+            "mcp.routes.wiki.deny_tools[0]",
+            ("empty pattern",),
+        ),
+        (
+            "  routes:\n    wiki:\n      deny_tools: delete_*\n",
+            12,
+            "mcp.routes.wiki.deny_tools",
+            ("must be a list",),
+        ),
+        ("  routes:\n    wiki: {}\n", 11, "mcp.routes.wiki", ("needs allow_tools or deny_tools",)),
+        ("  routes:\n    wiki:\n      allow: [a]\n", 12, "mcp.routes.wiki.allow", ("unknown field",)),
+        ("  audit: maybe\n", 10, "mcp.audit", ("must be a boolean",)),
+        ("  audits: true\n", 10, "mcp.audits", ("unknown field, did you mean mcp.audit?",)),
+    ],
+)
+def test_mcp_errors_name_the_field(
+    files: Files, body: str, line: int, field: str, parts: tuple[str, ...]
+) -> None:
+    path = files.minimal("mcp:\n" + body, routes=MCP_ROUTES)
+    assert_shape(load_error(path), path, line, field, *parts)

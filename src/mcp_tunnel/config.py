@@ -33,6 +33,7 @@ from mcp_tunnel.duration import SECOND, parse_duration_ns
 from mcp_tunnel.envref import EnvRefError, expand
 from mcp_tunnel.errors import ConfigError
 from mcp_tunnel.ippolicy import RFC1918, IPPolicy
+from mcp_tunnel.mcp_policy import McpSettings, ToolPolicy
 from mcp_tunnel.oauth_rewrite import OAuthSettings, public_url
 from mcp_tunnel.routing import Route, Router
 
@@ -92,6 +93,7 @@ class Config:
     cert_reload_interval: float = 2.0  # tls.reload_interval
     limits: Limits = field(default_factory=Limits)
     oauth: OAuthSettings | None = None  # oauth: (SPEC §5.1), None = no OAuth rewriting
+    mcp: McpSettings | None = None  # mcp: (issue #23), None = no MCP audit or policy, no JSON work
     warnings: tuple[str, ...] = ()  # one-line warnings found while loading (logged at start)
 
     @property
@@ -115,12 +117,15 @@ _TOP_KEYS = (
     "upstream",
     "limits",
     "oauth",
+    "mcp",
 )
 _TLS_KEYS = ("cert_file", "key_file", "reload_interval")
 _UPSTREAM_KEYS = ("allowed_ips", "disable_ip_validation", "tls", "host_header")
 _UPSTREAM_TLS_KEYS = ("ca_file", "include_system_cas")
 _LIMIT_KEYS = tuple(f.name for f in fields(Limits))
 _OAUTH_KEYS = ("authorization_server", "authorization_endpoint", "protected_resources")
+_MCP_KEYS = ("audit", "routes")
+_MCP_ROUTE_KEYS = ("allow_tools", "deny_tools")
 _ALL_FIELDS = (
     *(k for k in _TOP_KEYS),
     *(f"tls.{k}" for k in _TLS_KEYS),
@@ -128,6 +133,8 @@ _ALL_FIELDS = (
     *(f"upstream.tls.{k}" for k in _UPSTREAM_TLS_KEYS),
     *(f"limits.{k}" for k in _LIMIT_KEYS),
     *(f"oauth.{k}" for k in _OAUTH_KEYS),
+    *(f"mcp.{k}" for k in _MCP_KEYS),
+    *(f"mcp.routes.<key>.{k}" for k in _MCP_ROUTE_KEYS),
 )
 
 # Variables whose values every message may show: the tunnel domain is no secret (SPEC §3).
@@ -573,6 +580,7 @@ def load_config(
     )
     limits = _limits_section(doc, _optional(top, "limits"))
     oauth = _oauth_section(doc, _optional(top, "oauth"), routes, domain)
+    mcp = _mcp_section(doc, _optional(top, "mcp"), routes)
     doc.register_hidden()
 
     return Config(
@@ -592,6 +600,7 @@ def load_config(
         cert_reload_interval=reload_interval,
         limits=limits,
         oauth=oauth,
+        mcp=mcp,
         warnings=tuple(doc.warnings),
     )
 
@@ -1028,6 +1037,66 @@ def _oauth_section(
                 raise doc.error(item, item_fld, "listed twice", found=_q(key), expected="each route key once")
             resources.append(key)
     return OAuthSettings(as_key, endpoint, tuple(resources))
+
+
+def _mcp_section(doc: _Doc, node: Node | None, routes: Mapping[str, Route]) -> McpSettings | None:
+    """``mcp:`` (issue #23): audit on or off, and per route key either allow_tools or deny_tools,
+    each a list of non-empty shell-style patterns."""
+    if node is None:
+        return None
+    entries = _mapping(doc, node, "mcp")
+    _check_keys(doc, entries, _MCP_KEYS, "mcp")
+    audit = _or(_optional(entries, "audit"), False, lambda n: _bool(doc, n, "mcp.audit"))
+    policies: dict[str, ToolPolicy] = {}
+    routes_node = _optional(entries, "routes")
+    if routes_node is not None:
+        for key_text, (key_node, value) in _mapping(doc, routes_node, "mcp.routes").items():
+            key = _route_key(doc, key_node, "mcp.routes", routes)
+            fld = f"mcp.routes.{key_text}"
+            if key in policies:
+                raise doc.error(
+                    key_node, fld, "route given twice", found=_q(key_text), expected="each route once"
+                )
+            rule = _mapping(doc, value, fld) if not _is_null(value) else {}
+            _check_keys(doc, rule, _MCP_ROUTE_KEYS, fld)
+            allow = _optional(rule, "allow_tools")
+            deny = _optional(rule, "deny_tools")
+            if allow is not None and deny is not None:
+                raise doc.error(
+                    rule["deny_tools"][0],
+                    f"{fld}.deny_tools",
+                    f"a route has allow_tools (line {_line(rule['allow_tools'][0])}) or deny_tools, not both",
+                    found="both",
+                    expected="allow_tools (only these tools) or deny_tools (all but these)",
+                )
+            if allow is not None:
+                policies[key] = ToolPolicy(allow=_patterns(doc, allow, f"{fld}.allow_tools"))
+            elif deny is not None:
+                policies[key] = ToolPolicy(deny=_patterns(doc, deny, f"{fld}.deny_tools"))
+            else:
+                raise doc.error(
+                    key_node,
+                    fld,
+                    "needs allow_tools or deny_tools",
+                    found="neither",
+                    expected='allow_tools: ["search_*"] or deny_tools: ["delete_*"]',
+                )
+    return McpSettings(audit=audit, routes=MappingProxyType(policies))
+
+
+def _patterns(doc: _Doc, node: Node, fld: str) -> tuple[str, ...]:
+    """A list of non-empty shell-style tool name patterns (``search_*``, ``get_page``)."""
+    expected = 'tool names or shell-style patterns, e.g. ["search_*", "get_page"]'
+    if not isinstance(node, SequenceNode):
+        raise doc.error(node, fld, "must be a list", found=_kind(node), expected=expected)
+    out: list[str] = []
+    for i, item in enumerate(node.value):
+        item_fld = f"{fld}[{i}]"
+        text = "" if _is_null(item) else _string(doc, item, item_fld, expected)
+        if not text.strip():
+            raise doc.error(item, item_fld, "empty pattern", found=_kind(item), expected=expected)
+        out.append(text)
+    return tuple(out)
 
 
 def _route_key(doc: _Doc, node: Node, fld: str, routes: Mapping[str, Route]) -> str:

@@ -197,6 +197,59 @@ class Logger:
             f" route={route}{err}\n"
         )
 
+    def mcp_request(
+        self,
+        route: str,
+        session: str,
+        method: str,
+        name: str,
+        msg_id: str,
+        status: int,
+        outcome: str,
+        duration_ms: float,
+    ) -> None:
+        """``info("mcp request", route=..., session=..., method=..., [name=...], [id=...], status=...,
+        outcome=..., duration_ms=...)``: the MCP audit line (mcp_policy.py), rendered at the
+        flush like the request lines; `name` and `msg_id` are left out when empty."""
+        if self.info_enabled:
+            now = self._last = _time()
+            self.later(
+                self._mcp_line, now, route, session, method, name, msg_id, status, outcome, duration_ms
+            )
+
+    def _mcp_line(
+        self,
+        now: float,
+        route: str,
+        session: str,
+        method: str,
+        name: str,
+        msg_id: str,
+        status: int,
+        outcome: str,
+        duration_ms: float,
+    ) -> None:
+        if self.json:
+            fields: dict[str, Any] = {"route": route, "session": session, "method": method}
+            if name:
+                fields["name"] = name
+            if msg_id:
+                fields["id"] = msg_id
+            fields["status"] = status
+            fields["outcome"] = outcome
+            fields["duration_ms"] = duration_ms
+            self._put(self._line(now, "info", "mcp request", fields))
+            return
+        if not _BARE(f"{route}{session}{method}{name}{msg_id}{outcome}"):  # one match for all
+            route, session, method, outcome = _text(route), _text(session), _text(method), _text(outcome)
+            name, msg_id = _text(name) if name else "", _text(msg_id) if msg_id else ""
+        named = f" name={name}" if name else ""
+        ident = f" id={msg_id}" if msg_id else ""
+        self._put(
+            f'time={self._clock.stamp(now)} level=info msg="mcp request" route={route} session={session}'
+            f" method={method}{named}{ident} status={status} outcome={outcome} duration_ms={duration_ms}\n"
+        )
+
     # --- writing and flushing ------------------------------------------------------------------
 
     def later(self, fn: Callable[..., None], *args: Any) -> None:

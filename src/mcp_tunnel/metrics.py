@@ -234,6 +234,15 @@ class Metrics:
             "1 if the last config load or reload attempt succeeded, else 0.",
             registry=r,
         )
+        self.mcp_requests = Counter(
+            "mcp_tunnel_mcp_requests",
+            "MCP JSON-RPC requests and notifications seen with mcp.audit on, by route, method "
+            "(known MCP methods, else other) and outcome (ok, denied, refused, a JSON-RPC error "
+            "code of the spec, error, http_4xx, ...).",
+            ["route", "method", "outcome"],
+            registry=r,
+        )
+        self._mcp: dict[tuple[str, str, str], _CounterChild] = {}
         self._routes: dict[str, RouteMetrics] = {}
         self._handshake = {reason: self.handshake_failures.labels(reason) for reason in HANDSHAKE_REASONS}
         self._refused = {reason: self.tunnels_refused.labels(reason) for reason in TUNNEL_REFUSALS}
@@ -265,6 +274,9 @@ class Metrics:
                 for reason in REFUSAL_REASONS:
                     self.upstream_refusals.remove(key, reason)
                 self.upstream_unsolicited_total.remove(key)
+                for labels in [k for k in self._mcp if k[0] == key]:
+                    del self._mcp[labels]
+                    self.mcp_requests.remove(*labels)
         for key in wanted:
             self.route(key)
 
@@ -277,6 +289,14 @@ class Metrics:
             index = 0
         (rm.by_class[index] or rm.count(index)).inc()
         rm.latency.observe(seconds)
+
+    def mcp_request(self, route: str, method: str, outcome: str) -> None:
+        """One audited MCP message; `method` and `outcome` already bounded (mcp_policy labels)."""
+        key = (route, method, outcome)
+        child = self._mcp.get(key)
+        if child is None:
+            child = self._mcp[key] = self.mcp_requests.labels(route, method, outcome)
+        child.inc()
 
     def sni_mismatch(self) -> None:
         self.sni_mismatches.inc()

@@ -644,6 +644,8 @@ OAUTH: dict[str, Any] = {
     "protected_resources": ["docs"],
 }
 
+MCP: dict[str, Any] = {"audit": True, "routes": {"docs": {"deny_tools": ["delete_*", "close_*"]}}}
+
 BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown top-level key": managed(replicas=2),
     "typo in a nested key": managed(setup={"enable": True}),
@@ -682,6 +684,12 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "oauth protected_resources not a list": managed(
         gateway={"config": {"oauth": dict(OAUTH, protected_resources="docs")}}
     ),
+    "mcp route with allow_tools and deny_tools": managed(
+        gateway={"config": {"mcp": {"routes": {"docs": {"allow_tools": ["a"], "deny_tools": ["b"]}}}}}
+    ),
+    "mcp empty pattern": managed(gateway={"config": {"mcp": {"routes": {"docs": {"deny_tools": [""]}}}}}),
+    "mcp audit as a string": managed(gateway={"config": {"mcp": {"audit": "yes"}}}),
+    "mcp unknown key": managed(gateway={"config": {"mcp": {"audit": True, "log_args": True}}}),
 }
 
 GOOD_VALUES: dict[str, dict[str, Any]] = {
@@ -700,6 +708,7 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         gateway={"config": {"shutdown_timeout": "1.5s", "tls": {"reload_interval": "500ms"}}},
         serverCert={"renewBefore": "720h", "duration": "2160h0m0s"},
     ),
+    "mcp audit and tool policy": managed(gateway={"config": {"mcp": dict(MCP)}}),
     "oauth through the tunnel": managed(
         gateway={"config": {"routes": {**ROUTES, "auth": "http://keycloak:8080"}, "oauth": dict(OAUTH)}}
     ),
@@ -915,3 +924,19 @@ def test_oauth_section_reaches_the_proxy_config_and_loads(render: Any, tmp_path:
     path.write_text(yaml.safe_dump(cfg))
     loaded = load_config(str(path), tunnel_domain="abcd1234.tunnel.anthropic.com")
     assert loaded.oauth is not None and loaded.oauth.protected_resources == ("docs",)
+
+
+def test_mcp_section_reaches_the_proxy_config_and_loads(render: Any, tmp_path: Path) -> None:
+    """The chart passes mcp: through unchanged, and the proxy accepts what it renders."""
+    from mcp_tunnel.config import load_config
+
+    cfg = render(managed(gateway={"config": {"mcp": dict(MCP)}})).proxy_config
+    assert cfg["mcp"] == MCP
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    cfg["tls"] = {"cert_file": str(tmp_path / "tls.crt"), "key_file": str(tmp_path / "tls.key")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = load_config(str(path), tunnel_domain="abcd1234.tunnel.anthropic.com")
+    assert loaded.mcp is not None and loaded.mcp.audit
+    assert loaded.mcp.routes["docs"].deny == ("delete_*", "close_*")

@@ -15,6 +15,7 @@ import httptools
 
 from mcp_tunnel.config import Limits, UpstreamSettings
 from mcp_tunnel.errors import (
+    BadRequest,
     NoRoute,
     ProxyError,
     UpstreamProtocolError,
@@ -29,6 +30,7 @@ from mcp_tunnel.http_rules import (
     error_response,
     upstream_request_head,
 )
+from mcp_tunnel.mcp_policy import MAX_BODY, McpExchange, json_answer, method_label, outcome_label
 from mcp_tunnel.metrics import refusal_reason
 from mcp_tunnel.oauth_rewrite import ExchangeRewrite
 from mcp_tunnel.proxy.flow import MAX_INTERIM, MAX_RESPONSE_HEAD
@@ -75,6 +77,7 @@ class ResponseRelay:
         "interim",
         "interims",
         "keep_alive",
+        "mcp",
         "method",
         "oauth",
         "out",
@@ -122,6 +125,7 @@ class ResponseRelay:
         self.unsolicited = False
         self.out: list[bytes] = []
         self.oauth = oauth  # None unless the config's oauth: section rewrites this answer
+        self.mcp: McpExchange | None = ex.mcp  # None unless the config's mcp: section reads it
 
     # --- httptools callbacks --------------------------------------------------------
 
@@ -157,6 +161,9 @@ class ResponseRelay:
             ex.close_after = True  # tell the client this connection ends with this response
         oauth = self.oauth
         hold = oauth is not None and oauth.head(status, self.headers)  # the document waits whole
+        mcp = self.mcp
+        if mcp is not None and mcp.head(status, self.headers):  # a JSON answer, held to be read
+            hold = True
         framing = downstream_response_head(
             status, self.reason, self.headers, request_method=self.method, keep_alive=not ex.close_after
         )
@@ -175,6 +182,19 @@ class ResponseRelay:
         if self.complete:  # a body after a HEAD answer, a 204 or a 304: owed to nobody
             raise _Unsolicited
         self.ex.response_bytes += len(body)
+        mcp = self.mcp
+        if mcp is not None:
+            if mcp.holding:
+                if not mcp.keep(body):  # over the cap (audit only): what was held goes out as it came
+                    self.out.append(framing.head)
+                    self.out += [chunk(p) if framing.chunked else p for p in mcp.release()]
+                return
+            if mcp.sse is not None:  # an event stream whose tools/list events are filtered
+                body = mcp.sse.feed(body)
+                if not body:
+                    return
+            elif mcp.peeking:  # an audited JSON answer: passes unchanged, read at the end
+                mcp.peek(body)
         oauth = self.oauth
         if oauth is not None and oauth.holding:
             if not oauth.keep(body):  # over the cap: what was held goes out as it came
@@ -201,19 +221,29 @@ class ResponseRelay:
             return
         self.complete = True
         oauth = self.oauth
-        if oauth is not None and oauth.holding:
-            headers, body = oauth.finish()  # rewritten, with a fresh Content-Length
-            framing = downstream_response_head(
-                self.ex.status,
-                self.reason,
-                headers,
-                request_method=self.method,
-                keep_alive=not self.ex.close_after,
-            )
-            self.ex.response_bytes = len(body)
-            self.out.append(framing.head + body)
+        mcp = self.mcp
+        if mcp is not None and mcp.holding:
+            self._whole(*mcp.finish())  # filtered (tools/list) or read (audit), a fresh Content-Length
+        elif oauth is not None and oauth.holding:
+            self._whole(*oauth.finish())  # rewritten, with a fresh Content-Length
         elif self.framing is not None and self.framing.chunked:
+            if mcp is not None and mcp.sse is not None:
+                rest = mcp.sse.flush()
+                if rest:
+                    self.out.append(chunk(rest))
             self.out.append(LAST_CHUNK)
+
+    def _whole(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A held answer goes out whole: its head made again (its length changed), then its body."""
+        framing = downstream_response_head(
+            self.ex.status,
+            self.reason,
+            headers,
+            request_method=self.method,
+            keep_alive=not self.ex.close_after,
+        )
+        self.ex.response_bytes = len(body)
+        self.out.append(framing.head + body)
 
     # --- driven by the upstream connection ------------------------------------------
 
@@ -352,6 +382,13 @@ class Forwarder:
             return False  # connecting (resolution, the address check) needs the task
         ex.route_key = route.key
         whole = (body.complete_now() or b"") if head.has_body else b""  # arrived: never None
+        mcp = server.mcp
+        if mcp is not None:
+            ex.mcp = mcp.exchange(route.key, head.method, head.headers, head.has_body)
+            if ex.mcp is not None and self._mcp_answered(tunnel, ex, whole):
+                connector.release(conn)  # unused: the proxy answered (a denied call, a refused body)
+                self._finish(http, ex)
+                return True
         relay = self._send(tunnel, ex, route, conn, whole, server.upstream_settings, server.limits)
         ex.running = relay.done
         relay.done.add_done_callback(partial(self._answered, tunnel, http, ex, relay, connector, whole))
@@ -445,9 +482,66 @@ class Forwarder:
         # A body that has fully arrived is sent with the head in one write, and can be sent
         # again if a pooled connection turns out to be stale.
         whole = ex.body.complete_now() if head.has_body else b""
+        mcp = server.mcp
+        if mcp is not None:
+            ex.mcp = mex = mcp.exchange(route.key, head.method, head.headers, head.has_body)
+            if mex is not None:
+                if whole is None and mex.needs_body:
+                    whole = await self._whole_body(http, ex)
+                if self._mcp_answered(tunnel, ex, whole):
+                    return
         await self._proxy(
             tunnel, http, ex, route, server.connector, server.upstream_settings, server.limits, whole
         )
+
+    async def _whole_body(self, http: InnerHTTP, ex: Exchange) -> bytes | None:
+        """A policy route's request body, whole before anything of it goes upstream; None when it
+        is over the cap (`McpExchange.judge` refuses it)."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            piece = await ex.body.read()
+            http.body_consumed()
+            if piece is None:
+                return b"".join(parts)
+            size += len(piece)
+            if size > MAX_BODY:
+                return None
+            parts.append(piece)
+
+    def _mcp_answered(self, tunnel: TunnelProtocol, ex: Exchange, whole: bytes | None) -> bool:
+        """Judge the request body by the mcp: section; True when the proxy answered it itself (a
+        denied tool call, a body a policy route cannot judge): it never reaches the upstream."""
+        mcp = ex.mcp
+        assert mcp is not None
+        try:
+            mcp.judge(whole)
+        except BadRequest as refused:
+            self._log_started(ex)
+            self.server.log.info("mcp request refused", route=ex.route_key, reason=refused.reason)
+            self._failed(tunnel, ex, refused)
+            return True
+        answer = mcp.answer
+        if answer is None:
+            return False
+        self._log_started(ex)
+        keep = not ex.close_after and not self.server.draining
+        ex.close_after = not keep
+        ex.status = 200
+        ex.response_started = True
+        data = json_answer(answer, keep_alive=keep)
+        ex.response_bytes = len(answer)
+        tunnel.send_plain(data)
+        return True
+
+    def _audit(self, mcp: McpExchange, ex: Exchange, seconds: float) -> None:
+        """The exchange's `mcp request` lines and counts (mcp.audit)."""
+        server = self.server
+        log = server.log
+        metrics = server.metrics
+        for r in mcp.records(ex.status, round(seconds * 1000, 3), ex.reason):
+            log.mcp_request(r.route, r.session, r.method, r.name, r.id, r.status, r.outcome, r.duration_ms)
+            metrics.mcp_request(r.route, method_label(r.method), outcome_label(r.outcome))
 
     def _failed(self, tunnel: TunnelProtocol, ex: Exchange, exc: BaseException) -> bool:
         """Answer or cut an exchange that failed; False for what the caller must raise again."""
@@ -519,6 +613,9 @@ class Forwarder:
             log.request_completed(
                 method, host, path, ex.status, ms, ex.response_bytes, ex.route_key, ex.reason
             )
+        mcp = ex.mcp
+        if mcp is not None and mcp.audit:
+            self._audit(mcp, ex, seconds)
         server.request_finished(ex, seconds)
         http.exchange_done(ex)
 

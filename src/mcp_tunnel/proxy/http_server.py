@@ -22,6 +22,7 @@ import httptools
 
 from mcp_tunnel.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError, RequestTimeout
 from mcp_tunnel.http_rules import RequestHead, validate_request
+from mcp_tunnel.mcp_policy import McpExchange
 from mcp_tunnel.proxy.flow import BODY_HIGH_WATER, FEED_SLICE, MAX_PIPELINED, READ_BODY, READ_PIPELINE
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Exchange:
         "handed",
         "head",
         "logged_start",
+        "mcp",
         "reason",
         "response_bytes",
         "response_started",
@@ -139,6 +141,7 @@ class Exchange:
         self.status = 0
         self.reason = ""  # why the proxy answered or cut it itself, for the completion line
         self.route_key = "-"
+        self.mcp: McpExchange | None = None  # the MCP audit/policy work, only with the mcp: section
         self.started = perf_counter()
         # Its task, or for one begun without a task its response's future: what `abort` cancels.
         self.running: asyncio.Future[Any] | None = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import Config
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.mcp_policy import McpPolicy
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.oauth_rewrite import OAuthRewriter
 from mcp_tunnel.proxy.forward import Forwarder
@@ -74,6 +75,7 @@ class ProxyServer:
         self.limits = config.limits
         self.router = config.router
         self.upstream_settings = config.upstream
+        self.mcp = None if config.mcp is None else McpPolicy(config.mcp)  # None: no JSON work at all
         self.oauth = (
             None if config.oauth is None else OAuthRewriter(config.oauth, config.tunnel_domain, self.log.warn)
         )

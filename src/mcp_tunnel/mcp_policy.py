@@ -1,0 +1,618 @@
+"""MCP-aware audit and per-route tool policy (the config's ``mcp:`` section, issue #23). Pure: no I/O.
+
+The proxy forwards bytes; with this section it also reads the JSON-RPC messages of the POST
+bodies it forwards, on the routes that need it, and
+
+- audit: writes one ``mcp request`` line per request or notification (route, shortened
+  ``Mcp-Session-Id``, method, the tool/prompt name or resource URI, JSON-RPC id, HTTP status,
+  outcome, duration) and counts it in ``mcp_tunnel_mcp_requests``. Never arguments, results or
+  any other body content;
+- policy: answers a ``tools/call`` for a denied tool itself (it never reaches the upstream),
+  removes the denied tools from ``tools/list`` answers (JSON and SSE), and refuses with 400 a
+  request body it cannot judge (not JSON, compressed, over `MAX_BODY`, not ``application/json``).
+
+The relay and the forwarder (proxy/forward.py) ask `McpPolicy.exchange` once per request, and
+only when the section is present; everything they then do with the answer is here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from mcp_tunnel.errors import BadRequest, UpstreamProtocolError
+
+MAX_BODY = 1 << 20  # a request body judged on a policy route, a JSON answer held: 1 MiB
+MAX_NAME = 200  # a tool/prompt name or resource URI in an audit line, at most
+SESSION_SHOWN = 8  # characters of Mcp-Session-Id in an audit line
+
+# Method label values for the metrics; any other method counts as `other`.
+KNOWN_METHODS = (
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+)
+_KNOWN = frozenset(KNOWN_METHODS)
+# Outcome label values: anything else (a server's own error code) counts as `error`.
+OUTCOMES = (
+    "ok",
+    "denied",
+    "refused",
+    "error",
+    "-32700",
+    "-32600",
+    "-32601",
+    "-32602",
+    "-32603",
+    "http_3xx",
+    "http_4xx",
+    "http_5xx",
+    "http_other",
+)
+_OUTCOMES = frozenset(OUTCOMES)
+
+# The params member that names what a method acts on.
+_NAMED = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "resources/subscribe": "uri",
+    "resources/unsubscribe": "uri",
+}
+
+UNKNOWN_TOOL = -32602  # JSON-RPC "Invalid params": the MCP spec's answer for an unknown tool
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """One route's tool rule: `allow` (only these) or `deny` (all but these), shell-style patterns."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+    def allows(self, name: str) -> bool:
+        if self.allow is not None:
+            return any(fnmatchcase(name, p) for p in self.allow)
+        return not any(fnmatchcase(name, p) for p in self.deny)
+
+
+@dataclass(frozen=True, slots=True)
+class McpSettings:
+    """The config's ``mcp:`` section, checked: route keys as the routes have them (lowercase)."""
+
+    audit: bool = False
+    routes: Mapping[str, ToolPolicy] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def method_label(method: str) -> str:
+    return method if method in _KNOWN else "other"
+
+
+def outcome_label(outcome: str) -> str:
+    """A bounded label: a server's own error code counts as `error`, ``http_404`` as ``http_4xx``."""
+    if outcome in _OUTCOMES:
+        return outcome
+    if outcome.startswith("http_"):
+        digit = outcome[5:6]
+        return f"http_{digit}xx" if digit in ("3", "4", "5") else "http_other"
+    return "error"
+
+
+def status_outcome(status: int) -> str:
+    """The outcome an HTTP status gives when the answer says nothing more (SSE, no body)."""
+    if 200 <= status < 300:
+        return "ok"
+    if 300 <= status < 600:
+        return f"http_{status // 100}xx"
+    return "http_other"
+
+
+class AuditRecord(NamedTuple):
+    """One ``mcp request`` line: what it names, never arguments or results."""
+
+    route: str
+    session: str  # the first SESSION_SHOWN characters of Mcp-Session-Id, "-" without one
+    method: str
+    name: str  # "" when the method names nothing
+    id: str  # "" for a notification
+    status: int
+    outcome: str
+    duration_ms: float
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+class Message:
+    """One JSON-RPC request or notification: what an audit line names, never its arguments."""
+
+    __slots__ = ("id", "method", "name", "request")
+
+    def __init__(self, method: str, name: str, msg_id: Any, request: bool) -> None:
+        self.method = method
+        self.name = name  # the tool/prompt name or resource URI, "" when the method has none
+        self.id = msg_id  # as sent (str or number); None for a notification
+        self.request = request  # has an id: an answer is owed
+
+
+def parse_messages(body: bytes) -> tuple[list[Message], bool] | None:
+    """The requests and notifications of a POST body, and whether it was a batch; None when it
+    is not JSON-RPC (not JSON, not an object or a list of objects with a string method).
+
+    A body of responses only (a client answering the server's request) gives an empty list.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    batch = isinstance(doc, list)
+    items = doc if batch else [doc]
+    if batch and not items:
+        return None
+    out: list[Message] = []
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        method = item.get("method")
+        if method is None:
+            if "result" in item or "error" in item:  # a response from the client
+                continue
+            return None
+        if not isinstance(method, str):
+            return None
+        name = ""
+        key = _NAMED.get(method)
+        if key is not None:
+            params = item.get("params")
+            value = params.get(key) if isinstance(params, dict) else None
+            if isinstance(value, str):
+                name = value
+        out.append(Message(method, name, item.get("id"), "id" in item))
+    return out, batch
+
+
+def _error(msg_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
+
+
+def denial(messages: list[Message], batch: bool, policy: ToolPolicy) -> bytes | None:
+    """The proxy's answer when the body calls a denied tool, else None.
+
+    A single call: the JSON-RPC error the MCP spec gives for an unknown tool. A batch holding a
+    denied call is refused whole: each of its requests gets an error, the denied calls the
+    unknown-tool one, and nothing of it reaches the upstream.
+    """
+    denied = [m for m in messages if m.method == "tools/call" and not policy.allows(m.name)]
+    if not denied:
+        return None
+    if not batch:
+        m = denied[0]
+        return json.dumps(_error(m.id, UNKNOWN_TOOL, f"Unknown tool: {m.name}")).encode()
+    answers = []
+    for m in messages:
+        if not m.request:
+            continue
+        if m.method == "tools/call" and not policy.allows(m.name):
+            answers.append(_error(m.id, UNKNOWN_TOOL, f"Unknown tool: {m.name}"))
+        else:
+            answers.append(_error(m.id, -32600, "Batch refused: it calls a tool this route denies"))
+    return json.dumps(answers).encode()
+
+
+def json_answer(body: bytes, *, keep_alive: bool) -> bytes:
+    """A whole HTTP 200 answer holding the JSON `body`."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+# --- tools/list answers -------------------------------------------------------------------------
+
+
+def filter_tools(doc: Any, policy: ToolPolicy) -> bool:
+    """Remove the denied tools from a tools/list result held in `doc` (a response or a batch of
+    them), in place; True when something was removed."""
+    changed = False
+    for item in doc if isinstance(doc, list) else [doc]:
+        if not isinstance(item, dict):
+            continue
+        result = item.get("result")
+        if not isinstance(result, dict):
+            continue
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            continue
+        kept = [
+            t
+            for t in tools
+            if isinstance(t, dict) and isinstance(t.get("name"), str) and policy.allows(t["name"])
+        ]
+        if len(kept) != len(tools):
+            result["tools"] = kept
+            changed = True
+    return changed
+
+
+def _outcomes(doc: Any) -> dict[object, str]:
+    """JSON-RPC id (see `_id_key`) -> outcome, from a response or a batch of them."""
+    out: dict[object, str] = {}
+    for item in doc if isinstance(doc, list) else [doc]:
+        if not isinstance(item, dict):
+            continue
+        err = item.get("error")
+        if isinstance(err, dict):
+            code = err.get("code")
+            outcome = str(code) if type(code) is int else "error"
+        elif "result" in item:
+            outcome = "ok"
+        else:
+            continue
+        out[_id_key(item.get("id"))] = outcome
+    return out
+
+
+def _id_key(msg_id: Any) -> object:
+    """A JSON-RPC id as a dict key: strings and numbers as they are (hashable), anything else
+    (an invalid id) as JSON text."""
+    return msg_id if isinstance(msg_id, (str, int, float)) else json.dumps(msg_id)
+
+
+class SseFilter:
+    """Rewrites the ``data:`` lines of a text/event-stream answer whose events hold a tools/list
+    result; each event is held until its blank line, every other byte passes unchanged."""
+
+    __slots__ = ("_buf", "policy")
+
+    def __init__(self, policy: ToolPolicy) -> None:
+        self.policy = policy
+        self._buf = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf + data
+        end = _event_end(buf)
+        if end < 0:
+            if len(buf) > MAX_BODY:
+                raise UpstreamProtocolError(
+                    "an SSE event of a tools/list answer over 1 MiB: not relayed unfiltered"
+                )
+            self._buf = buf
+            return b""
+        out: list[bytes] = []
+        while end >= 0:
+            out.append(self._event(buf[:end]))
+            buf = buf[end:]
+            end = _event_end(buf)
+        self._buf = buf
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an event without its blank line)."""
+        rest, self._buf = self._buf, b""
+        return self._event(rest) if rest else b""
+
+    def _event(self, event: bytes) -> bytes:
+        if b"tools" not in event:
+            return event
+        lines = event.splitlines(keepends=True)
+        data = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
+        if not data:
+            return event
+        payload = b"\n".join(_field_value(lines[i]) for i in data)
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return event
+        if not filter_tools(doc, self.policy):
+            return event
+        first = data[0]
+        ending = lines[first][len(lines[first].rstrip(b"\r\n")) :] or b"\n"
+        new = b"data: " + json.dumps(doc, ensure_ascii=False).encode() + ending
+        return b"".join(
+            [*lines[:first], new, *(line for i, line in enumerate(lines) if i > first and i not in data)]
+        )
+
+
+def _field_value(line: bytes) -> bytes:
+    value = line[5:].rstrip(b"\r\n")
+    return value[1:] if value.startswith(b" ") else value
+
+
+def _event_end(buf: bytes) -> int:
+    """The index just past the first event's blank line in `buf`, or -1."""
+    best = -1
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        i = buf.find(sep)
+        if i >= 0 and (best < 0 or i + len(sep) < best):
+            best = i + len(sep)
+    return best
+
+
+# --- per config and per exchange ----------------------------------------------------------------
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def _media(value: bytes | None) -> bytes:
+    return b"" if value is None else value.split(b";", 1)[0].strip().lower()
+
+
+def _is_json(media: bytes) -> bool:
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class McpPolicy:
+    """Built once per loaded config; says for each request what MCP work it needs, if any."""
+
+    __slots__ = ("audit", "routes", "settings")
+
+    def __init__(self, settings: McpSettings) -> None:
+        self.settings = settings
+        self.audit = settings.audit
+        self.routes = settings.routes
+
+    def exchange(self, route: str, method: str, headers: Headers, has_body: bool) -> McpExchange | None:
+        """The MCP work for one request, or None when it passes as it would without the section."""
+        policy = self.routes.get(route)
+        if policy is None and not self.audit:
+            return None
+        if method != "POST" and not has_body:
+            if policy is None:
+                return None  # GET (the SSE stream) and DELETE of a route that is only audited
+            # GET (the SSE stream), DELETE: no body to judge, but tools/list answers to filter
+            return McpExchange(route, policy, audit=False, session=b"", reads=False)
+        session = _header(headers, b"mcp-session-id") or b""
+        return McpExchange(route, policy, audit=self.audit, session=session, headers=headers, reads=True)
+
+
+class McpExchange:
+    """One request of an MCP route: its messages, the proxy's own answer if any, and its response.
+
+    The forwarder calls `judge` with the whole body (None: not judged, it streams); then either
+    sends `answer` itself, or forwards and lets the relay call `head`, `keep`/`finish` (a JSON
+    answer, held whole) or `sse` (an event stream) on the response; `records` gives the audit
+    lines at the end.
+    """
+
+    __slots__ = (
+        "_held",
+        "_size",
+        "answer",
+        "audit",
+        "filter",
+        "headers",
+        "holding",
+        "messages",
+        "outcomes",
+        "peeking",
+        "policy",
+        "reads",
+        "request_headers",
+        "route",
+        "session",
+        "sse",
+    )
+
+    def __init__(
+        self,
+        route: str,
+        policy: ToolPolicy | None,
+        *,
+        audit: bool,
+        session: bytes,
+        headers: Headers | None = None,
+        reads: bool = True,
+    ) -> None:
+        self.route = route
+        self.reads = reads  # its body is read (a POST): judged on a policy route, named in the audit
+        self.policy = policy
+        self.audit = audit
+        self.session = session
+        self.request_headers: Headers = headers or []
+        self.messages: list[Message] | None = None
+        self.answer: bytes | None = None  # the proxy's own JSON answer (a denied call)
+        self.filter = policy is not None  # tools/list answers may come (set by `judge`)
+        self.outcomes: dict[object, str] = {}
+        self.holding = False
+        self.peeking = False  # an audited JSON answer, copied (up to the cap) as it passes
+        self.headers: Headers = []
+        self.sse: SseFilter | None = None
+        self._held: list[bytes] = []
+        self._size = 0
+
+    @property
+    def needs_body(self) -> bool:
+        """A policy route judges every body whole before anything of it goes upstream."""
+        return self.reads and self.policy is not None
+
+    def judge(self, body: bytes | None) -> None:
+        """Read the request body. None: not available whole (an audit-only route streams it, not
+        judged; a policy route collected it and it was over the cap). Raises BadRequest for a body
+        a policy route cannot judge."""
+        if not self.reads:
+            return
+        policy = self.policy
+        if body is None:
+            if policy is not None:
+                raise BadRequest(
+                    "mcp policy: request body over 1 MiB", body="Bad request: MCP body over 1 MiB"
+                )
+            return
+        if not body and policy is None:
+            return
+        if policy is not None:
+            headers = self.request_headers
+            encoding = _header(headers, b"content-encoding")
+            if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+                raise BadRequest(
+                    "mcp policy: compressed request body", body="Bad request: compressed MCP body"
+                )
+            if not _is_json(_media(_header(headers, b"content-type"))):
+                raise BadRequest(
+                    "mcp policy: request body is not application/json", body="Bad request: not JSON"
+                )
+            if len(body) > MAX_BODY:
+                raise BadRequest(
+                    "mcp policy: request body over 1 MiB", body="Bad request: MCP body over 1 MiB"
+                )
+        parsed = parse_messages(body)
+        if parsed is None:
+            if policy is not None:
+                raise BadRequest("mcp policy: request body is not JSON-RPC", body="Bad request: not JSON-RPC")
+            return
+        messages, batch = parsed
+        self.messages = messages
+        if policy is not None:
+            self.filter = any(m.method == "tools/list" for m in messages)
+            self.answer = denial(messages, batch, policy)
+
+    # --- the response ---------------------------------------------------------------------
+
+    def head(self, status: int, headers: Headers) -> bool:
+        """Look at the response head; True when the body is a JSON answer to hold whole (to filter
+        tools/list or read the outcome). An event stream to filter drops its Content-Length."""
+        if not 200 <= status < 300 or status == 204:
+            return False
+        want_outcome = self.audit and bool(self.messages)
+        if not (self.filter or want_outcome):
+            return False
+        media = _media(_header(headers, b"content-type"))
+        encoding = _header(headers, b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            if self.filter and self.policy is not None:
+                raise UpstreamProtocolError("mcp policy: compressed answer cannot be filtered")
+            return False
+        if media == b"text/event-stream":
+            if self.filter and self.policy is not None:
+                self.sse = SseFilter(self.policy)
+                headers[:] = [(n, v) for n, v in headers if n != b"content-length"]
+            return False
+        if not _is_json(media):
+            return False
+        if not self.filter:  # audit only: the answer passes as it comes, a copy is read at the end
+            self.peeking = True
+            return False
+        self.headers = headers
+        self.holding = True
+        return True
+
+    def keep(self, body: bytes) -> bool:
+        """Hold a piece of the JSON answer; False once over the cap (then `release` it; what is
+        to be filtered is never relayed unfiltered: that raises)."""
+        self._held.append(body)
+        self._size += len(body)
+        if self._size > MAX_BODY:
+            if self.filter and self.policy is not None:
+                raise UpstreamProtocolError("mcp policy: a JSON answer over 1 MiB cannot be filtered")
+            self.holding = False
+            return False
+        return True
+
+    def peek(self, body: bytes) -> None:
+        """Copy a piece of an audited answer; past the cap the outcome falls back to the status."""
+        self._size += len(body)
+        if self._size > MAX_BODY:
+            self.peeking = False
+            self._held = []
+        else:
+            self._held.append(body)
+
+    def _read_outcomes(self) -> None:
+        """The outcomes of the copied answer: parsed only when it holds an error member."""
+        body = b"".join(self._held) if len(self._held) != 1 else self._held[0]
+        self._held = []
+        if b'"error"' not in body:
+            return
+        with contextlib.suppress(ValueError):
+            self.outcomes = _outcomes(json.loads(body))
+
+    def release(self) -> list[bytes]:
+        held, self._held = self._held, []
+        return held
+
+    def finish(self) -> tuple[Headers, bytes]:
+        """The headers and body to send: filtered when it held tools, with a fresh Content-Length."""
+        self.holding = False
+        body = b"".join(self._held)
+        self._held = []
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if doc is not None:
+            self.outcomes = _outcomes(doc)
+            policy = self.policy
+            if self.filter and policy is not None and filter_tools(doc, policy):
+                body = json.dumps(doc, ensure_ascii=False).encode()
+        headers = [(n, v) for n, v in self.headers if n not in (b"content-length", b"transfer-encoding")]
+        headers.append((b"content-length", b"%d" % len(body)))
+        return headers, body
+
+    # --- the audit ------------------------------------------------------------------------
+
+    def records(self, status: int, duration_ms: float, error: str) -> list[AuditRecord]:
+        """One audit record per request or notification of the body (none when it was not read).
+
+        `error`: why the proxy answered or cut the exchange itself ("" when the upstream's answer
+        went through). The outcome is `ok` or the JSON-RPC error code a JSON answer gave for the
+        message's id; for an event stream (or an answer over the cap) the HTTP status decides.
+        """
+        messages = self.messages
+        if not self.audit or messages is None:
+            return []
+        if self._held and self.peeking:
+            self._read_outcomes()
+        session = self.session.decode("latin-1")[:SESSION_SHOWN] if self.session else "-"
+        route = self.route
+        out: list[AuditRecord] = []
+        if self.answer is not None:
+            policy = self.policy
+            for m in messages:
+                denied = m.method == "tools/call" and policy is not None and not policy.allows(m.name)
+                out.append(
+                    self._record(route, session, m, status, "denied" if denied else "refused", duration_ms)
+                )
+            return out
+        default = (f"http_{status}" if status else "http_error") if error else status_outcome(status)
+        outcomes = self.outcomes
+        for m in messages:
+            outcome = default
+            if outcomes and m.request and not error:
+                outcome = outcomes.get(_id_key(m.id), default)
+            out.append(self._record(route, session, m, status, outcome, duration_ms))
+        return out
+
+    @staticmethod
+    def _record(route: str, session: str, m: Message, status: int, outcome: str, ms: float) -> AuditRecord:
+        name = m.name
+        if len(name) > MAX_NAME:
+            name = name[:MAX_NAME]
+        method = m.method if len(m.method) <= MAX_NAME else m.method[:MAX_NAME]
+        msg_id = "" if not m.request else m.id[:MAX_NAME] if type(m.id) is str else str(m.id)[:MAX_NAME]
+        return AuditRecord(route, session, method, name, msg_id, status, outcome, ms)
