@@ -181,3 +181,22 @@ def test_outside_a_loop_each_line_is_flushed_at_once() -> None:
     log.info("one")
     log.info("two")
     assert stream.flushes == 2
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("value", VALUES)
+def test_the_mcp_audit_line_is_byte_identical(fmt: str, value: str) -> None:
+    generic, generic_out, fast, fast_out = _pair(fmt)
+    for name, msg_id, duration in (("search", "42", 1.5), (value, value, 0.125), ("", "", 1234.0)):
+        fields: dict[str, object] = {"route": value or "wiki", "session": "4f1c9a7e", "method": "tools/call"}
+        if name:
+            fields["name"] = name
+        if msg_id:
+            fields["id"] = msg_id
+        fields |= {"status": 200, "outcome": value or "ok", "duration_ms": duration}
+        generic.info("mcp request", **fields)
+        fast.mcp_request(
+            value or "wiki", "4f1c9a7e", "tools/call", name, msg_id, 200, value or "ok", duration
+        )
+    fast.flush()
+    assert fast_out.getvalue() == generic_out.getvalue()

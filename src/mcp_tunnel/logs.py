@@ -23,6 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 from mcp_tunnel import redact
@@ -230,15 +231,16 @@ class Logger:
         duration_ms: float,
     ) -> None:
         if self.json:
-            fields: dict[str, Any] = {"route": route, "session": session, "method": method}
-            if name:
-                fields["name"] = name
-            if msg_id:
-                fields["id"] = msg_id
-            fields["status"] = status
-            fields["outcome"] = outcome
-            fields["duration_ms"] = duration_ms
-            self._put(self._line(now, "info", "mcp request", fields))
+            # The bytes json.dumps writes for the same record (tested), without building it: the
+            # audit line is on every MCP message.
+            q = encode_basestring_ascii
+            named = f', "name": {q(name)}' if name else ""
+            ident = f', "id": {q(msg_id)}' if msg_id else ""
+            self._put(
+                f'{{"time": {q(self._clock.stamp(now))}, "level": "info", "msg": "mcp request", '
+                f'"route": {q(route)}, "session": {q(session)}, "method": {q(method)}{named}{ident}, '
+                f'"status": {status}, "outcome": {q(outcome)}, "duration_ms": {float(duration_ms)!r}}}\n'
+            )
             return
         if not _BARE(f"{route}{session}{method}{name}{msg_id}{outcome}"):  # one match for all
             route, session, method, outcome = _text(route), _text(session), _text(method), _text(outcome)

@@ -19,6 +19,7 @@ MODULES = (
     "mcp_tunnel.http_rules",
     "mcp_tunnel.logs",
     "mcp_tunnel.routing",
+    "mcp_tunnel.mcp_policy",
     "mcp_tunnel.proxy.flow",
     "mcp_tunnel.proxy.tunnel",
     "mcp_tunnel.proxy.http_server",
