@@ -320,6 +320,40 @@ def error_response(error: ProxyError, *, keep_alive: bool, head_request: bool = 
     return head + b"\r\n" + (b"" if head_request else body)
 
 
+# --- what a body is, for the modules that read one (mcp_policy, oauth_rewrite) ------------------
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of a (lowercased) header name, or None."""
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def media_type(headers: Headers) -> bytes:
+    """`Content-Type` without its parameters, lowercased (b"" when absent)."""
+    value = header_value(headers, b"content-type")
+    return b"" if value is None else value.split(b";", 1)[0].strip().lower()
+
+
+def is_json_media(media: bytes) -> bool:
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def is_compressed(headers: Headers) -> bool:
+    """A `Content-Encoding` other than identity: the bytes cannot be read or rewritten as they are."""
+    value = header_value(headers, b"content-encoding")
+    return value is not None and value.strip().lower() not in (b"", b"identity")
+
+
+def with_length(headers: Headers, length: int) -> Headers:
+    """`headers` for a body rewritten whole: its framing replaced by a fresh Content-Length."""
+    kept = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding")]
+    kept.append((b"content-length", b"%d" % length))
+    return kept
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n" % len(data) + data + b"\r\n"
 

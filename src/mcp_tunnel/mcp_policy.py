@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from mcp_tunnel.errors import BadRequest, UpstreamProtocolError
+from mcp_tunnel.http_rules import Headers, header_value, is_compressed, is_json_media, media_type, with_length
 
 MAX_BODY = 1 << 20  # a request body judged on a policy route, a JSON answer held: 1 MiB
 MAX_NAME = 200  # a tool/prompt name or resource URI in an audit line, at most
@@ -80,8 +81,6 @@ _NAMED = {
 }
 
 UNKNOWN_TOOL = -32602  # JSON-RPC "Invalid params": the MCP spec's answer for an unknown tool
-
-Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,21 +351,6 @@ def _event_end(buf: bytes) -> int:
 # --- per config and per exchange ----------------------------------------------------------------
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
-
-
-def _media(value: bytes | None) -> bytes:
-    return b"" if value is None else value.split(b";", 1)[0].strip().lower()
-
-
-def _is_json(media: bytes) -> bool:
-    return media == b"application/json" or media.endswith(b"+json")
-
-
 class McpPolicy:
     """Built once per loaded config; says for each request what MCP work it needs, if any."""
 
@@ -387,7 +371,7 @@ class McpPolicy:
                 return None  # GET (the SSE stream) and DELETE of a route that is only audited
             # GET (the SSE stream), DELETE: no body to judge, but tools/list answers to filter
             return McpExchange(route, policy, audit=False, session=b"", reads=False)
-        session = _header(headers, b"mcp-session-id") or b""
+        session = header_value(headers, b"mcp-session-id") or b""
         return McpExchange(route, policy, audit=self.audit, session=session, headers=headers, reads=True)
 
 
@@ -468,12 +452,11 @@ class McpExchange:
             return
         if policy is not None:
             headers = self.request_headers
-            encoding = _header(headers, b"content-encoding")
-            if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            if is_compressed(headers):
                 raise BadRequest(
                     "mcp policy: compressed request body", body="Bad request: compressed MCP body"
                 )
-            if not _is_json(_media(_header(headers, b"content-type"))):
+            if not is_json_media(media_type(headers)):
                 raise BadRequest(
                     "mcp policy: request body is not application/json", body="Bad request: not JSON"
                 )
@@ -502,9 +485,8 @@ class McpExchange:
         want_outcome = self.audit and bool(self.messages)
         if not (self.filter or want_outcome):
             return False
-        media = _media(_header(headers, b"content-type"))
-        encoding = _header(headers, b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        media = media_type(headers)
+        if is_compressed(headers):
             if self.filter and self.policy is not None:
                 raise UpstreamProtocolError("mcp policy: compressed answer cannot be filtered")
             return False
@@ -513,7 +495,7 @@ class McpExchange:
                 self.sse = SseFilter(self.policy)
                 headers[:] = [(n, v) for n, v in headers if n != b"content-length"]
             return False
-        if not _is_json(media):
+        if not is_json_media(media):
             return False
         if not self.filter:  # audit only: the answer passes as it comes, a copy is read at the end
             self.peeking = True
@@ -570,9 +552,7 @@ class McpExchange:
             policy = self.policy
             if self.filter and policy is not None and filter_tools(doc, policy):
                 body = json.dumps(doc, ensure_ascii=False).encode()
-        headers = [(n, v) for n, v in self.headers if n not in (b"content-length", b"transfer-encoding")]
-        headers.append((b"content-length", b"%d" % len(body)))
-        return headers, body
+        return with_length(self.headers, len(body)), body
 
     # --- the audit ------------------------------------------------------------------------
 

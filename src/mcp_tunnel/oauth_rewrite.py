@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from mcp_tunnel.http_rules import Headers, header_value, is_compressed, is_json_media, media_type, with_length
 from mcp_tunnel.routing import Route, Router
 
 MAX_DOCUMENT = 64 * 1024  # a metadata document held for rewriting; a larger one passes unchanged
@@ -33,7 +34,6 @@ MAX_DOCUMENT = 64 * 1024  # a metadata document held for rewriting; a larger one
 AS_PREFIXES = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 PRM_PREFIX = "/.well-known/oauth-protected-resource"
 
-Headers = list[tuple[bytes, bytes]]
 Warn = Callable[..., None]  # Logger.warn: a message and key=value fields
 
 _RESOURCE_METADATA = re.compile(rb'(resource_metadata\s*=\s*")([^"]*)(")', re.IGNORECASE)
@@ -177,14 +177,6 @@ class OAuthRewriter:
         return public_url(key, self.tunnel_domain)
 
 
-def _media_is_json(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
-    return False
-
-
 class ExchangeRewrite:
     """One response of a rewritten route: its challenge header, and its document held and rewritten.
 
@@ -214,15 +206,17 @@ class ExchangeRewrite:
             for i, (name, value) in enumerate(headers):
                 if name == b"www-authenticate" and b"resource_metadata" in value.lower():
                     headers[i] = (name, rewrite_challenge(value, public))
-        if not (self.document and 200 <= status < 300 and status != 204 and _media_is_json(headers)):
+        if not (self.document and 200 <= status < 300 and status != 204):
             return False
-        for name, value in headers:
-            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-                self._warn("OAuth metadata is compressed (Content-Encoding): passed unchanged")
-                return False
-            if name == b"content-length" and value.strip().isdigit() and int(value) > MAX_DOCUMENT:
-                self._warn("OAuth metadata over 64 KiB: passed unchanged")
-                return False
+        if not is_json_media(media_type(headers)):
+            return False
+        if is_compressed(headers):
+            self._warn("OAuth metadata is compressed (Content-Encoding): passed unchanged")
+            return False
+        length = header_value(headers, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > MAX_DOCUMENT:
+            self._warn("OAuth metadata over 64 KiB: passed unchanged")
+            return False
         self.headers = headers
         self.holding = True
         return True
@@ -250,9 +244,7 @@ class ExchangeRewrite:
         new = self._rewrite(body)
         if new is not None:
             body = new
-        headers = [(n, v) for n, v in self.headers if n not in (b"content-length", b"transfer-encoding")]
-        headers.append((b"content-length", b"%d" % len(body)))
-        return headers, body
+        return with_length(self.headers, len(body)), body
 
     def _rewrite(self, body: bytes) -> bytes | None:
         try:

@@ -186,8 +186,7 @@ class ResponseRelay:
         if mcp is not None:
             if mcp.holding:
                 if not mcp.keep(body):  # over the cap (audit only): what was held goes out as it came
-                    self.out.append(framing.head)
-                    self.out += [chunk(p) if framing.chunked else p for p in mcp.release()]
+                    self._let_go(framing, mcp.release())
                 return
             if mcp.sse is not None:  # an event stream whose tools/list events are filtered
                 body = mcp.sse.feed(body)
@@ -198,8 +197,7 @@ class ResponseRelay:
         oauth = self.oauth
         if oauth is not None and oauth.holding:
             if not oauth.keep(body):  # over the cap: what was held goes out as it came
-                self.out.append(framing.head)
-                self.out += [chunk(p) if framing.chunked else p for p in oauth.release()]
+                self._let_go(framing, oauth.release())
             return
         self.out.append(chunk(body) if framing.chunked else body)
 
@@ -232,6 +230,11 @@ class ResponseRelay:
                 if rest:
                     self.out.append(chunk(rest))
             self.out.append(LAST_CHUNK)
+
+    def _let_go(self, framing: ResponseFraming, held: list[bytes]) -> None:
+        """A held answer past its cap goes out as it came: its head, then what was held."""
+        self.out.append(framing.head)
+        self.out += [chunk(p) if framing.chunked else p for p in held]
 
     def _whole(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A held answer goes out whole: its head made again (its length changed), then its body."""
