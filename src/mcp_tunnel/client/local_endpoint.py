@@ -38,6 +38,7 @@ from mcp_tunnel.errors import (
 )
 from mcp_tunnel.http_rules import HOP_BY_HOP, LAST_CHUNK, chunk, downstream_response_head, error_response
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.routing import normalize_host
 
 _DROP = HOP_BY_HOP | {b"host", b"content-length"}
 
@@ -48,7 +49,7 @@ DEFAULT_MAX_IDLE = 8
 DEFAULT_IDLE_TIMEOUT = 60.0  # half the proxy's default idle_timeout: we close first, not it
 MAX_PIPELINED = 16  # requests read ahead of the one in flight; then the socket waits
 CLOSE_GRACE = 1.0  # seconds idle tunnels get to close politely when the endpoint stops
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # as `normalize_host` gives them
 
 
 class Forbidden(ProxyError):
@@ -122,15 +123,6 @@ def _printable(value: bytes) -> str:
     return text[:100]
 
 
-def _host_name(authority: str) -> str:
-    """`host[:port]` without the port, lowercased; IPv6 literals keep their brackets."""
-    authority = authority.strip().lower()
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[: end + 1] if end > 0 else authority
-    return authority.rpartition(":")[0] if ":" in authority else authority
-
-
 class LocalEndpoint:
     def __init__(
         self,
@@ -152,7 +144,7 @@ class LocalEndpoint:
         self.max_body = max_body
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self._hosts = set(LOOPBACK_NAMES) | {_host_name(h) for h in allow_hosts}
+        self._hosts = set(LOOPBACK_NAMES) | {normalize_host(h) for h in allow_hosts}
         self._origins = {o.strip().rstrip("/").lower() for o in allow_origins}
         self.server: asyncio.Server | None = None
         self.tunnels_opened = 0  # tunnels this endpoint has opened: what pooling keeps low
@@ -166,7 +158,7 @@ class LocalEndpoint:
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._serve, host, port)
         name = host.lower()
-        self._hosts.add(f"[{name}]" if ":" in name else name)
+        self._hosts.add(name)  # a bare address: `normalize_host` of "[::1]:8000" is "::1" too
         if name in ("", "0.0.0.0", "::"):
             self.log.warn("connect listens on every interface: any host that can reach it uses the tunnel")
 
@@ -326,7 +318,7 @@ class LocalEndpoint:
         """403 for a Host or Origin a DNS-rebinding page would send; None when the request may go."""
         host = req.header(b"host")
         if host is not None and "*" not in self._hosts:
-            name = _host_name(host.decode("latin-1"))
+            name = normalize_host(host.decode("latin-1"))
             if name not in self._hosts:
                 shown = _printable(host)
                 return Forbidden(
@@ -351,7 +343,7 @@ class LocalEndpoint:
             parts = urlsplit(origin)
         except ValueError:
             return False
-        return parts.scheme in ("http", "https") and _host_name(parts.netloc) in self._hosts - {"*"}
+        return parts.scheme in ("http", "https") and normalize_host(parts.netloc) in self._hosts - {"*"}
 
     async def _exchange(self, req: _Request, writer: asyncio.StreamWriter, gone: asyncio.Event) -> bool:
         """Forward `req`; if the client goes away first, abort its tunnel. True: keep serving."""
