@@ -8,9 +8,10 @@ The I/O layers parse bytes with httptools and hand the parsed head to these func
 
 from __future__ import annotations
 
+import json
 import re
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from mcp_tunnel.errors import BadRequest, ProxyError, VersionNotSupported
@@ -345,6 +346,15 @@ def is_compressed(headers: Headers) -> bool:
     """A `Content-Encoding` other than identity: the bytes cannot be read or rewritten as they are."""
     value = header_value(headers, b"content-encoding")
     return value is not None and value.strip().lower() not in (b"", b"identity")
+
+
+def json_body(body: bytes) -> Any:
+    """`body` parsed as JSON, or None when it is not JSON: bad bytes, bad syntax, or nested deeper
+    than the parser goes (`[` ten thousand times is a RecursionError, not a ValueError)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def with_length(headers: Headers, length: int) -> Headers:

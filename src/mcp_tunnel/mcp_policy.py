@@ -17,7 +17,6 @@ only when the section is present; everything they then do with the answer is her
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,15 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from mcp_tunnel.errors import BadRequest, UpstreamProtocolError
-from mcp_tunnel.http_rules import Headers, header_value, is_compressed, is_json_media, media_type, with_length
+from mcp_tunnel.http_rules import (
+    Headers,
+    header_value,
+    is_compressed,
+    is_json_media,
+    json_body,
+    media_type,
+    with_length,
+)
 
 MAX_BODY = 1 << 20  # a request body judged on a policy route, a JSON answer held: 1 MiB
 MAX_NAME = 200  # a tool/prompt name or resource URI in an audit line, at most
@@ -161,9 +168,8 @@ def parse_messages(body: bytes) -> tuple[list[Message], bool] | None:
 
     A body of responses only (a client answering the server's request) gives an empty list.
     """
-    try:
-        doc = json.loads(body)
-    except ValueError:  # UnicodeDecodeError included
+    doc = json_body(body)
+    if doc is None:
         return None
     batch = isinstance(doc, list)
     items = doc if batch else [doc]
@@ -319,11 +325,8 @@ class SseFilter:
         if not data:
             return event
         payload = b"\n".join(_field_value(lines[i]) for i in data)
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            return event
-        if not filter_tools(doc, self.policy):
+        doc = json_body(payload)
+        if doc is None or not filter_tools(doc, self.policy):
             return event
         first = data[0]
         ending = lines[first][len(lines[first].rstrip(b"\r\n")) :] or b"\n"
@@ -531,8 +534,9 @@ class McpExchange:
         self._held = []
         if b'"error"' not in body:
             return
-        with contextlib.suppress(ValueError):
-            self.outcomes = _outcomes(json.loads(body))
+        doc = json_body(body)
+        if doc is not None:
+            self.outcomes = _outcomes(doc)
 
     def release(self) -> list[bytes]:
         held, self._held = self._held, []
@@ -543,10 +547,7 @@ class McpExchange:
         self.holding = False
         body = b"".join(self._held)
         self._held = []
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
+        doc = json_body(body)
         if doc is not None:
             self.outcomes = _outcomes(doc)
             policy = self.policy

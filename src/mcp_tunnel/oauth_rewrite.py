@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from mcp_tunnel.http_rules import Headers, header_value, is_compressed, is_json_media, media_type, with_length
+from mcp_tunnel.http_rules import (
+    Headers,
+    header_value,
+    is_compressed,
+    is_json_media,
+    json_body,
+    media_type,
+    with_length,
+)
 from mcp_tunnel.routing import Route, Router
 
 MAX_DOCUMENT = 64 * 1024  # a metadata document held for rewriting; a larger one passes unchanged
@@ -247,10 +255,7 @@ class ExchangeRewrite:
         return with_length(self.headers, len(body)), body
 
     def _rewrite(self, body: bytes) -> bytes | None:
-        try:
-            doc = json.loads(body)
-        except ValueError:  # UnicodeDecodeError included
-            doc = None
+        doc = json_body(body)
         if not isinstance(doc, dict):
             self._warn("OAuth metadata is not a JSON object: passed unchanged")
             return None
