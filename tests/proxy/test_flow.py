@@ -137,3 +137,25 @@ async def test_pipelined_requests_are_read_only_a_few_ahead(
     assert len(upstream.requests) == n
     assert 1 < most <= MAX_PIPELINED + FEED_SLICE // len(request) + 1
     await proxy.stop()
+
+
+async def test_a_head_that_never_ends_is_431_not_buffered(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """httptools keeps a header value until its line ends; the proxy bounds the open head itself."""
+    from mcp_tunnel.errors import TunnelClientError
+
+    proxy = await _proxy(tmp, pki, upstream, header_timeout="60s")
+    conn = await proxy.client().connect(HOST)
+    await conn.send_raw(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Pad: ".encode())
+    sent = 0
+    while sent < 4 * 1024 * 1024 and not conn.closed:  # far past max_header_bytes (32 KiB)
+        try:
+            await conn.send_raw(b"p" * 16384)
+        except TunnelClientError:
+            break
+        sent += 16384
+    resp = await asyncio.wait_for(conn.read_response(), 5)
+    assert resp.status == 431  # at once, not at the 60 s header timeout
+    assert upstream.requests == []
+    await proxy.stop()

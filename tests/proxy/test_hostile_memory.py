@@ -130,3 +130,33 @@ async def test_pipelined_requests_whose_answers_are_never_read(hostile: StartPro
     finally:
         tunnel.abort()
     await proxy.finish()
+
+
+async def test_a_header_that_never_ends(hostile: StartProxy) -> None:
+    """httptools holds a header value until its line ends: the proxy must bound the open head
+    itself (431 past `limits.max_header_bytes`), not let 20 MiB of one value pile up."""
+    proxy = hostile()
+    await proxy.answers_normally()
+    baseline = proxy.rss()
+    peak = [baseline]
+    tunnel = await proxy.tunnel()
+    head = b"GET / HTTP/1.1\r\nHost: " + proxy.host().encode() + b"\r\nX-Pad: "
+    records = tunnel.encrypt(head + b"p" * (20 * MIB))
+    step = 64 * 1024
+    data = b"".join(frame(BINARY, records[i : i + step]) for i in range(0, len(records), step))
+    transport = cast(asyncio.Transport, tunnel.writer.transport)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FLOOD_SECONDS
+    transport.write(data)
+    while loop.time() < deadline and transport.get_write_buffer_size() and not transport.is_closing():
+        peak[0] = max(peak[0], proxy.rss())
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await asyncio.wait_for(tunnel.writer.drain(), 0.05)
+    try:
+        await proxy.answers_normally()
+        peak[0] = max(peak[0], proxy.rss())
+        grown = peak[0] - baseline
+        assert grown < RSS_BOUND, f"RSS grew by {grown / MIB:.1f} MiB on one header that never ends"
+    finally:
+        tunnel.abort()
+    await proxy.finish()

@@ -157,6 +157,8 @@ class InnerHTTP:
     __slots__ = (
         "_body_timed",
         "_eof_held",
+        "_head_begun_now",
+        "_head_fed",
         "_header_bytes",
         "_headers",
         "_held",
@@ -193,6 +195,11 @@ class InnerHTTP:
         self._read_paused = False
         self._body_timed = False  # the tunnel's deadline is the current body's
         self._held = b""  # the rest of a read, waiting while MAX_PIPELINED requests wait their turn
+        # Bytes fed while a head stays open, after the read it began in: httptools keeps a header
+        # value until its line ends, so the completed-header count alone would never see one
+        # that does not end.
+        self._head_fed = 0
+        self._head_begun_now = False
         self._eof_held = False  # the peer's close_notify came behind `_held`
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -246,6 +253,17 @@ class InnerHTTP:
         except httptools.HttpParserError as exc:
             if not isinstance(exc.__context__, _StopParsing):
                 self._parse_error(exc)
+        else:
+            ex = self.current
+            if ex is not None and not ex.begun():  # a head still open after this read
+                if self._head_begun_now:
+                    self._head_begun_now = False  # its completed parts are counted by the callbacks
+                    return
+                self._head_fed += len(data)
+                if self._head_fed > self.limits.max_header_bytes:
+                    self._too_large = True
+                    self._parse_error(HeadersTooLarge("request headers over the size limit"))
+                    self.parser = None  # and what httptools held of the head with it
 
     def peer_closed(self) -> None:
         """The client sent close_notify: finish what is in flight, then close."""
@@ -273,6 +291,8 @@ class InnerHTTP:
         self._headers = []
         self._header_bytes = 0
         self._too_large = False
+        self._head_fed = 0
+        self._head_begun_now = True
         ex = Exchange()
         self.current = ex
         self.exchanges.append(ex)
