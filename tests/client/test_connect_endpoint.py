@@ -335,3 +335,49 @@ async def test_a_40_second_call_through_connect_succeeds(tmp: Path, pki: PKI) ->
         assert await asyncio.to_thread(proc.wait, 10) == 0
     await proxy.stop()
     await up.close()
+
+
+async def _status_or_close(port: int, data: bytes) -> bytes:
+    """The status line connect answers `data` with, or b"" when it closes without one."""
+    reader, writer = await _raw_request(port, data)
+    try:
+        return await asyncio.wait_for(reader.readline(), 5)  # an answer or a close, never a hang
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_garbage_from_the_local_client_is_answered(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """Malformed requests get 400, an endless head 431 (bounded like the proxy's), and a seeded
+    mutation of a valid request an answer or a close; none of it reaches the upstream broken, and
+    the endpoint keeps serving."""
+    import random
+
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    logs = io.StringIO()
+    endpoint = await _endpoint(proxy, logs)
+    port = endpoint.port
+    assert (await _status_or_close(port, b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    # A head that never ends: answered once past the bound, not buffered while it goes on.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 2_000_000)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 431")
+    writer.close()
+    valid = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    rng = random.Random(5)
+    for _ in range(60):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        line = await _status_or_close(port, bytes(data))
+        assert line == b"" or line.startswith(b"HTTP/1.1 "), line
+    assert all(r.body in (b"", b"{}") for r in upstream.requests)
+    async with httpx2.AsyncClient() as http:
+        resp = await http.post(f"http://127.0.0.1:{port}/mcp", content=b"{}")
+    assert resp.status_code == 200
+    assert "Traceback" not in logs.getvalue()
+    await endpoint.close()
+    await proxy.stop()

@@ -31,6 +31,7 @@ from mcp_tunnel.config import Limits
 from mcp_tunnel.errors import (
     BadRequest,
     BodyTooLarge,
+    HeadersTooLarge,
     ProxyError,
     TunnelClientError,
     UpstreamTimeout,
@@ -48,6 +49,7 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_IDLE = 8
 DEFAULT_IDLE_TIMEOUT = 60.0  # half the proxy's default idle_timeout: we close first, not it
 MAX_PIPELINED = 16  # requests read ahead of the one in flight; then the socket waits
+MAX_HEAD = Limits().max_header_bytes  # a local request's line and headers, as the proxy bounds them
 CLOSE_GRACE = 1.0  # seconds idle tunnels get to close politely when the endpoint stops
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # as `normalize_host` gives them
 
@@ -85,19 +87,45 @@ class _LocalParser:
         self.parser = httptools.HttpRequestParser(self)
         self.max_body = max_body
         self.too_large = False
+        self.head_too_large = False
         self.ready: list[_Request] = []
         self._cur = _Request()
+        self._head = 0
+        self._in_head = False
+        self._fed = 0
+
+    def feed(self, data: bytes) -> None:
+        """Parse a read; a head still open after reads past MAX_HEAD is refused (httptools keeps
+        a header value until its line ends, so the callbacks alone never see an endless one)."""
+        self.parser.feed_data(data)
+        if self._in_head:
+            self._fed += len(data)
+            if self._fed > MAX_HEAD + 65536:  # the first read may hold the previous request too
+                self.head_too_large = True
+                raise httptools.HttpParserError("request head over the size limit")
 
     def on_message_begin(self) -> None:
         self._cur = _Request()
+        self._head = 0
+        self._in_head = True
+        self._fed = 0
 
     def on_url(self, url: bytes) -> None:
         self._cur.target += url
+        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._cur.headers.append((name.lower(), value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD:
+            self.head_too_large = True
+            raise _TooLarge
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._cur.method = self.parser.get_method().decode("latin-1")
         self._cur.keep_alive = bool(self.parser.should_keep_alive())
         length = self._cur.header(b"content-length")
@@ -296,11 +324,15 @@ class LocalEndpoint:
                 if not data:
                     break
                 try:
-                    parser.parser.feed_data(data)
+                    parser.feed(data)
                 except httptools.HttpParserError:
                     for req in parser.ready:
                         queue.put_nowait(req)
-                    if parser.too_large:
+                    if parser.head_too_large:
+                        queue.put_nowait(
+                            HeadersTooLarge(body=f"Request header fields too large: over {MAX_HEAD} bytes")
+                        )
+                    elif parser.too_large:
                         limit = f"{self.max_body} bytes (connect --max-body)"
                         queue.put_nowait(BodyTooLarge(body=f"Request body too large: over {limit}"))
                     else:
