@@ -152,10 +152,11 @@ class ProxyServer:
 
     # --- listener -----------------------------------------------------------------------
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen (and serve admin_addr when set). Raises OSError when a socket cannot be bound."""
+    async def start(self, sock: socket.socket | None = None, *, admin: bool = True) -> None:
+        """Listen (and serve admin_addr when set and `admin`: a worker of several leaves it to its
+        supervisor). Raises OSError when a socket cannot be bound."""
         cfg = self.config
-        if cfg.admin_port is not None:
+        if admin and cfg.admin_port is not None:
             from mcp_tunnel.proxy.admin import AdminServer
 
             self.admin = AdminServer(self)
