@@ -45,6 +45,7 @@ class Row:
     wall_s: float
     cpu_s: float
     upstream_cpu_s: float
+    split: tuple[float, ...] = ()  # each worker's share of the workers' CPU (multi-process targets)
 
     @property
     def rps(self) -> float:
@@ -173,25 +174,29 @@ def measure(
             time.sleep(0.05)
             tree = process_tree(proc.pid)
         load(kind, port, pki, clients=args.clients, conns=args.conns, seconds=min(1.0, args.seconds))  # warm
-        cpu0, up0 = tree_cpu_seconds(tree), cpu_seconds(upstream.pid)
+        each0, up0 = [tree_cpu_seconds([p]) for p in tree], cpu_seconds(upstream.pid)
         requests, wall = load(kind, port, pki, clients=args.clients, conns=args.conns, seconds=args.seconds)
-        cpu, up = tree_cpu_seconds(tree) - cpu0, cpu_seconds(upstream.pid) - up0
+        each = [tree_cpu_seconds([p]) - c for p, c in zip(tree, each0, strict=True)]
+        cpu, up = sum(each), cpu_seconds(upstream.pid) - up0
+        busy = sum(each[1:])  # tree[0] is the supervisor (nginx's master): no request work
+        split = tuple(c / busy for c in each[1:]) if busy else ()
         if len(process_tree(proc.pid)) != len(tree):
             raise RuntimeError(f"{kind}: a process came or went during the measurement:\n{proc.tail()}")
     finally:
         proc.stop()
-    return Row(kind, workers, requests, wall, cpu, up)
+    return Row(kind, workers, requests, wall, cpu, up, split)
 
 
 def table(rows: list[Row]) -> str:
     out = [
-        "| target | workers | req/s | server cores busy | req per server CPU-second | upstream cores busy |",
-        "|---|---|---|---|---|---|",
+        "| target | workers | req/s | server cores busy | req per server CPU-second | upstream cores busy "
+        "| workers' CPU split |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.target} | {r.workers} | {r.rps:,.0f} | {r.cores:.2f} | {r.per_cpu_s:,.0f} | "
-            f"{r.upstream_cpu_s / r.wall_s:.2f} |"
+            f"{r.upstream_cpu_s / r.wall_s:.2f} | {' / '.join(f'{x:.0%}' for x in r.split) or '-'} |"
         )
     return "\n".join(out)
 

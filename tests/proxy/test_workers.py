@@ -295,7 +295,7 @@ def test_exit_status_words() -> None:
 
 def test_combined_readiness() -> None:
     assert combined_readiness(False, ["", ""]) is None
-    assert combined_readiness(False, ["", None]) == "worker 2: not running"
+    assert combined_readiness(False, ["", None]) == "worker 2: not running or not answering"
     assert combined_readiness(False, ["certificate expired at X", ""]) == "worker 1: certificate expired at X"
     assert combined_readiness(True, ["", ""]) is not None and "draining" in str(combined_readiness(True, []))
 

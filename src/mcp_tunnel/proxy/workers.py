@@ -99,7 +99,7 @@ def combined_readiness(draining: bool, answers: Sequence[str | None]) -> str | N
         return "draining: shutting down, not accepting new tunnel connections"
     for number, answer in enumerate(answers, 1):
         if answer is None:
-            return f"worker {number}: not running"
+            return f"worker {number}: not running or not answering"
         if answer:
             return f"worker {number}: {answer}"
     return None
@@ -228,8 +228,11 @@ def worker_main(argv: list[str]) -> int:
     """One worker: the proxy of `cli.serve` on the inherited socket, reporting to the supervisor."""
     from mcp_tunnel.proxy.cli import load_tls, loop_factory, serve
 
+    # Until `serve` installs its handlers: Ctrl-C reaches the supervisor, which drains us; a
+    # SIGHUP forwarded while we start must not kill us (the config is read just below anyway).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = _worker_parser().parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     _die_with_parent(args.parent)
     config = load_config(args.config, tunnel_domain=args.tunnel_domain)
     log = Logger(config.log_level, config.log_format, stream=worker_stderr())
@@ -305,16 +308,21 @@ class Supervisor:
         quick_deaths = 0
         while not self.draining:
             started = loop.time()
-            proc = slot.proc = await asyncio.create_subprocess_exec(
-                *self._argv(slot), pass_fds=(self.sock.fileno(),), stdin=asyncio.subprocess.DEVNULL
-            )
-            if self.draining:  # the signal came while it was starting
-                proc.send_signal(signal.SIGTERM)
-            self.log.info("worker started", worker=slot.number, pid=proc.pid)
-            code = slot.exit_code = await proc.wait()
-            slot.proc = None
-            if self.draining:
-                return
+            try:
+                proc = slot.proc = await asyncio.create_subprocess_exec(
+                    *self._argv(slot), pass_fds=(self.sock.fileno(),), stdin=asyncio.subprocess.DEVNULL
+                )
+            except OSError as exc:  # no process could be made (EAGAIN, ENOMEM): try again later
+                pid, status = 0, f"not started: {exc.strerror or exc}"
+            else:
+                if self.draining:  # the signal came while it was starting
+                    proc.send_signal(signal.SIGTERM)
+                self.log.info("worker started", worker=slot.number, pid=proc.pid)
+                code = slot.exit_code = await proc.wait()
+                slot.proc = None
+                if self.draining:
+                    return
+                pid, status = proc.pid, exit_status(code)
             lived = loop.time() - started
             quick_deaths = quick_deaths + 1 if lived < STABLE_SECONDS else 0
             delay = restart_delay(quick_deaths - 1 if quick_deaths else 0)
@@ -322,8 +330,8 @@ class Supervisor:
             self.log.error(
                 "worker exited, restarting",
                 worker=slot.number,
-                pid=proc.pid,
-                status=exit_status(code),
+                pid=pid,
+                status=status,
                 restart_in=f"{delay:g}s",
             )
             with contextlib.suppress(TimeoutError):
