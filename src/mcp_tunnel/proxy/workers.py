@@ -49,8 +49,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
 
 from mcp_tunnel.config import Config, load_config
 from mcp_tunnel.logs import Logger
@@ -291,6 +292,8 @@ class Supervisor:
         self.restarts = 0
         self._stop = asyncio.Event()
         self._admin: asyncio.Server | None = None
+        self._own = CollectorRegistry()  # the supervisor's process_*: added to the workers'
+        ProcessCollector(registry=self._own)
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -363,11 +366,13 @@ class Supervisor:
     async def metrics(self) -> bytes:
         answers = await asyncio.gather(*(self._ask(s, b"metrics") for s in self.slots))
         texts = [a.decode() for a in answers if a]
+        answered = len(texts)
+        texts.append(generate_latest(self._own).decode())
         own = [
             GaugeMetricFamily(
                 "mcp_tunnel_workers",
                 "Worker processes whose metrics this scrape sums (of the configured workers: N).",
-                value=len(texts),
+                value=answered,
             ),
             CounterMetricFamily(
                 "mcp_tunnel_worker_restarts",
