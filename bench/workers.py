@@ -45,6 +45,7 @@ class Row:
     wall_s: float
     cpu_s: float
     upstream_cpu_s: float
+    client_cpu_s: float
     split: tuple[float, ...] = ()  # each worker's share of the workers' CPU (multi-process targets)
 
     @property
@@ -120,8 +121,11 @@ def start_target(
     return proc, port
 
 
-def load(kind: str, port: int, pki: PKI, *, clients: int, conns: int, seconds: float) -> tuple[int, float]:
-    """Run the clients against one target; (requests, wall seconds) of the measured loop."""
+def load(
+    kind: str, port: int, pki: PKI, *, clients: int, conns: int, seconds: float
+) -> tuple[int, float, float]:
+    """Run the clients against one target; (requests, wall seconds, the clients' CPU seconds)
+    of the measured loop."""
     argv = [sys.executable, "-m", "bench.workers", "--client", kind, "--port", str(port)]
     argv += ["--ca", str(pki.ca_file), "--conns", str(conns), "--seconds", str(seconds)]
     procs = [
@@ -134,6 +138,7 @@ def load(kind: str, port: int, pki: PKI, *, clients: int, conns: int, seconds: f
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"a client of {kind} did not start (said {line!r})")
+        cpu0 = tree_cpu_seconds([p.pid for p in procs])
         t0 = time.perf_counter()
         for p in procs:
             assert p.stdin is not None
@@ -144,9 +149,10 @@ def load(kind: str, port: int, pki: PKI, *, clients: int, conns: int, seconds: f
             assert p.stdout is not None
             total += int(json.loads(p.stdout.readline())["requests"])
         wall = time.perf_counter() - t0
+        cpu = tree_cpu_seconds([p.pid for p in procs]) - cpu0
         for p in procs:
             p.wait(READY_TIMEOUT)
-        return total, wall
+        return total, wall, cpu
     finally:
         for p in procs:
             if p.poll() is None:
@@ -175,7 +181,9 @@ def measure(
             tree = process_tree(proc.pid)
         load(kind, port, pki, clients=args.clients, conns=args.conns, seconds=min(1.0, args.seconds))  # warm
         each0, up0 = [tree_cpu_seconds([p]) for p in tree], cpu_seconds(upstream.pid)
-        requests, wall = load(kind, port, pki, clients=args.clients, conns=args.conns, seconds=args.seconds)
+        requests, wall, client_cpu = load(
+            kind, port, pki, clients=args.clients, conns=args.conns, seconds=args.seconds
+        )
         each = [tree_cpu_seconds([p]) - c for p, c in zip(tree, each0, strict=True)]
         cpu, up = sum(each), cpu_seconds(upstream.pid) - up0
         busy = sum(each[1:])  # tree[0] is the supervisor (nginx's master): no request work
@@ -184,19 +192,20 @@ def measure(
             raise RuntimeError(f"{kind}: a process came or went during the measurement:\n{proc.tail()}")
     finally:
         proc.stop()
-    return Row(kind, workers, requests, wall, cpu, up, split)
+    return Row(kind, workers, requests, wall, cpu, up, client_cpu, split)
 
 
 def table(rows: list[Row]) -> str:
     out = [
         "| target | workers | req/s | server cores busy | req per server CPU-second | upstream cores busy "
-        "| workers' CPU split |",
-        "|---|---|---|---|---|---|---|",
+        "| clients' cores busy | workers' CPU split |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.target} | {r.workers} | {r.rps:,.0f} | {r.cores:.2f} | {r.per_cpu_s:,.0f} | "
-            f"{r.upstream_cpu_s / r.wall_s:.2f} | {' / '.join(f'{x:.0%}' for x in r.split) or '-'} |"
+            f"{r.upstream_cpu_s / r.wall_s:.2f} | {r.client_cpu_s / r.wall_s:.2f} | "
+            f"{' / '.join(f'{x:.0%}' for x in r.split) or '-'} |"
         )
     return "\n".join(out)
 
