@@ -11,6 +11,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -32,6 +33,7 @@ from mcp_tunnel.proxy.workers import (
 from support.builds import SRC
 from support.ops import Stack, poll, sample, start_stack
 from support.pki import PKI, make_pki
+from support.procs import ProxyProcess
 from support.proxy import write_config
 from support.upstreams import Received, RecordingUpstream
 
@@ -255,6 +257,43 @@ async def test_killed_worker_is_restarted_and_logged(
         assert sample(metrics, "mcp_tunnel_worker_restarts_total") == 1
         assert sample(metrics, "mcp_tunnel_workers") == 2
         assert stack.proc.stop() == 0
+
+
+async def test_second_signal_exits_at_once(tmp: Path, pki: PKI) -> None:
+    held = Held()
+    await held.upstream.start()
+    stack = _stack(tmp, pki, held.upstream.port, shutdown_timeout="60s")
+    with stack.proc:
+        conn = await stack.client().connect(HOST)
+        in_flight = asyncio.create_task(conn.request("GET", "/slow", host=HOST))
+        await poll(lambda: held.slow == 1, what="the slow request at the upstream")
+        stack.proc.proc.send_signal(signal.SIGTERM)
+        await stack.wait_log("waiting for requests in flight")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stack.proc.proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(stack.proc.proc.wait, 10)
+        assert loop.time() - start < 3.0, "the second signal waited for the drain"
+        assert code == 1
+        await stack.wait_log("second signal, exiting now")
+        in_flight.cancel()
+    held.release.set()
+    await held.upstream.close()
+
+
+def test_listener_in_use_is_one_line_and_exit_1(tmp: Path, pki: PKI) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(
+            tmp, pki, {"echo": "http://127.0.0.1:9"}, listen_addr=f"127.0.0.1:{port}", workers=2
+        )
+        with ProxyProcess(["-config", str(path)]) as proc:
+            assert proc.proc.wait(30) == 1
+            line = proc.wait_for("cannot listen")
+        assert "Address already in use" in line
+        assert not any("worker started" in x for x in proc.lines)
 
 
 @pytest.mark.parametrize(
