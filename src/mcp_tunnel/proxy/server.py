@@ -163,7 +163,11 @@ class ProxyServer:
             await self.admin.start(cfg.admin_host or None, cfg.admin_port)
             self.log.info("admin listening", addr=self.admin.address)
         if sock is not None:
-            self._server = await self.loop.create_server(lambda: TunnelProtocol(self), sock=sock)
+            # backlog: serving a socket calls listen() again, which would shrink a worker's
+            # shared one (bound with 1024 by the supervisor) to the default of 100
+            self._server = await self.loop.create_server(
+                lambda: TunnelProtocol(self), sock=sock, backlog=1024
+            )
         else:
             self._server = await self.loop.create_server(
                 lambda: TunnelProtocol(self),
