@@ -102,6 +102,7 @@ async def test_two_workers_share_the_listener_and_metrics_add_up(
 ) -> None:
     stack = _stack(tmp, pki, upstream.port)
     with stack.proc:
+        await stack.wait_log('msg="worker started" worker=2 ')
         assert stack.count("worker started") == 2
         served = await Tagged(stack, "c").until_every_worker(2)
         n = sum(served.values())
