@@ -260,6 +260,30 @@ async def test_killed_worker_is_restarted_and_logged(
         assert stack.proc.stop() == 0
 
 
+async def test_supervisor_follows_the_log_level(tmp: Path, pki: PKI, upstream: RecordingUpstream) -> None:
+    stack = _stack(tmp, pki, upstream.port, tls={"reload_interval": "1h"})
+    with stack.proc:
+        line = await stack.wait_log('msg="worker started" worker=1 ')
+        pid = int(line.rsplit("pid=", 1)[1].split()[0])
+        stack.rewrite({"echo": f"http://127.0.0.1:{upstream.port}"}, log_level="error")
+        stack.proc.proc.send_signal(signal.SIGHUP)  # the supervisor applies it before it returns
+
+        async def reloaded() -> bool:
+            metrics = await stack.metrics()
+            return sample(metrics, "mcp_tunnel_config_reloads_total", result="success") == 2
+
+        await poll(reloaded, what="both workers reloaded")
+        os.kill(pid, signal.SIGKILL)
+        await stack.wait_log('msg="worker exited, restarting" worker=1 ')  # error: still logged
+
+        async def ready() -> bool:
+            return (await stack.admin("/readyz"))[0] == 200
+
+        await poll(ready, what="the restarted worker")
+        assert stack.count('msg="worker started" worker=1 ') == 1  # info: no longer logged
+        assert stack.proc.stop() == 0
+
+
 async def test_second_signal_exits_at_once(tmp: Path, pki: PKI) -> None:
     held = Held()
     await held.upstream.start()

@@ -253,6 +253,15 @@ def worker_main(argv: list[str]) -> int:
 # --- the supervisor ----------------------------------------------------------------------------------
 
 
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """What changes when the file does (stat follows a ConfigMap's symlink swap), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def bind_listener(config: Config) -> socket.socket:
     """The tunnel listener, bound and listening once for every worker (raises OSError)."""
     host, port = config.listen_host, config.listen_port
@@ -431,6 +440,16 @@ class Supervisor:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    async def _watch_config(self) -> None:
+        """The file poll of `reload.ConfigReloader`, for the supervisor's own log settings."""
+        seen = _stamp(self.config.path)
+        while True:
+            await asyncio.sleep(self.config.cert_reload_interval)
+            stamp = _stamp(self.config.path)
+            if stamp != seen:
+                seen = stamp
+                self._reload_own()
+
     def _reload_own(self) -> None:
         """The supervisor's own lines follow log_level/log_format; the workers report the reload."""
         try:
@@ -484,7 +503,9 @@ class Supervisor:
         host, port = self.sock.getsockname()[:2]
         self.log.info("listening", addr=f"{host}:{port}", workers=len(self.slots))
         keepers = [loop.create_task(self._keep(slot)) for slot in self.slots]
+        watch = loop.create_task(self._watch_config())
         await self._stop.wait()
+        watch.cancel()
         try:
             async with asyncio.timeout(cfg.shutdown_timeout + STOP_MARGIN):
                 await asyncio.gather(*keepers)
