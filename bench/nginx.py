@@ -1,10 +1,12 @@
 """nginx as the reference reverse proxy: plain HTTP, or terminating TLS with our certificate.
 
 One foreground process (`daemon off; master_process off;`) so a single pid carries all of its
-CPU and memory, like the proxy's. The configuration is what an operator would write for MCP
-behind nginx: HTTP/1.1 keep-alive to the upstream, streaming responses (`proxy_buffering off`,
-as SSE needs and as mcp-tunnel always does), Host passed through, X-Forwarded-* set, and an
-access log line per request (mcp-tunnel runs with its per-request info lines on).
+CPU and memory, like the proxy's; with `workers` > 1 (the saturation figure of
+`bench.workers`) a master and that many worker processes, their CPU summed over the tree.
+The configuration is what an operator would write for MCP behind nginx: HTTP/1.1 keep-alive
+to the upstream, streaming responses (`proxy_buffering off`, as SSE needs and as mcp-tunnel
+always does), Host passed through, X-Forwarded-* set, and an access log line per request
+(mcp-tunnel runs with its per-request info lines on).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from bench.servers import Process, wait_listening
 CONF = """\
 {user}
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {master};
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -81,6 +83,7 @@ def start_nginx(
     upstream_port: int,
     connections: int,
     tls: tuple[Path, Path] | None = None,
+    workers: int = 1,
 ) -> Process:
     """Start nginx in `prefix` (created); `tls` is (cert_file, key_file) to terminate TLS."""
     prefix.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,8 @@ def start_nginx(
     conf.write_text(
         CONF.format(
             user="user root;" if os.geteuid() == 0 else "",
+            master="on" if workers > 1 else "off",
+            workers=workers,
             prefix=prefix,
             nofile=connections * 9 // 8 + 1024,
             # nginx starts closing idle keep-alive connections when under 1/16 of its

@@ -109,7 +109,14 @@ def start_upstream(directory: Path, port: int) -> Process:
 
 
 def write_proxy_config(
-    directory: Path, pki: PKI, *, port: int, admin_port: int, upstream_port: int, max_connections: int
+    directory: Path,
+    pki: PKI,
+    *,
+    port: int,
+    admin_port: int,
+    upstream_port: int,
+    max_connections: int,
+    workers: int = 1,
 ) -> Path:
     """The config a user would write: info logging, metrics on, loopback allowed for the upstream.
 
@@ -125,6 +132,8 @@ def write_proxy_config(
         "upstream": {"allowed_ips": ["127.0.0.0/8"]},
         "limits": {"max_connections": max_connections},
     }
+    if workers != 1:
+        doc["workers"] = workers
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -141,6 +150,7 @@ def start_proxy(
     max_connections: int,
     source: Path | None = None,
     name: str = "mcp-tunnel",
+    workers: int = 1,
 ) -> Process:
     """`mcp-tunnel proxy -config FILE`, its stderr (the log lines) redirected to proxy.log.
 
@@ -154,6 +164,7 @@ def start_proxy(
         admin_port=admin_port,
         upstream_port=upstream_port,
         max_connections=max_connections,
+        workers=workers,
     )
     env = None
     if source is not None:

@@ -1374,3 +1374,31 @@ def test_mcp_errors_name_the_field(
 ) -> None:
     path = files.minimal("mcp:\n" + body, routes=MCP_ROUTES)
     assert_shape(load_error(path), path, line, field, *parts)
+
+
+# --------------------------------------------------------------------------------------------
+# workers (issue #24)
+
+
+def test_workers_default_number_and_auto(files: Files) -> None:
+    assert load_config(files.minimal(), environ=ENV).workers == 1
+    assert load_config(files.minimal("workers: 3\n"), environ=ENV).workers == 3
+    cores = len(os.sched_getaffinity(0))
+    assert load_config(files.minimal("workers: auto\n"), environ=ENV).workers == min(cores, 256)
+    assert load_config(files.minimal('workers: "AUTO"\n'), environ=ENV).workers == min(cores, 256)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("0", "out of range"),
+        ("-1", "out of range"),
+        ("257", "out of range"),
+        ('"x"', "not a number"),
+        ("2.5", "not a number"),
+        ("[2]", "must be a single value"),
+    ],
+)
+def test_workers_errors(files: Files, value: str, why: str) -> None:
+    path = files.minimal(f"workers: {value}\n")
+    assert_shape(load_error(path), path, 8, "workers", why, "expected a whole number from 1 to 256, or auto")

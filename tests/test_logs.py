@@ -200,3 +200,31 @@ def test_the_mcp_audit_line_is_byte_identical(fmt: str, value: str) -> None:
         )
     fast.flush()
     assert fast_out.getvalue() == generic_out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_worker_tags_every_kind_of_line(fmt: str) -> None:
+    """`workers: N`: each line of a worker ends with its number; worker 0 (one process) adds nothing."""
+    out = io.StringIO()
+    log = Logger("info", fmt, stream=out)
+    log.info("plain", a=1)
+    log.set_worker(3)
+    log.info("tagged", a=1)
+    log.request_started("GET", "h", "/p")
+    log.request_completed("GET", "h", "/p", 200, 1.5, 3, "r", "an error")
+    log.mcp_request("r", "s", "tools/call", "t", "1", 200, "ok", 2.0)
+    log.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+        assert "worker" not in records[0]
+        assert [r["worker"] for r in records[1:]] == [3, 3, 3, 3]
+        assert [list(r)[-1] for r in records[1:]] == ["worker"] * 4
+    else:
+        assert " worker=" not in lines[0]
+        assert all(line.endswith(" worker=3") for line in lines[1:])
+    log.set_worker(0)
+    log.info("plain again")
+    log.flush()
+    assert "worker" not in out.getvalue().splitlines()[-1]

@@ -94,6 +94,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     oauth: OAuthSettings | None = None  # oauth: (SPEC §5.1), None = no OAuth rewriting
     mcp: McpSettings | None = None  # mcp: (issue #23), None = no MCP audit or policy, no JSON work
+    workers: int = 1  # proxy processes on the listener (issue #24); 1 = no supervisor process
     warnings: tuple[str, ...] = ()  # one-line warnings found while loading (logged at start)
 
     @property
@@ -118,6 +119,7 @@ _TOP_KEYS = (
     "limits",
     "oauth",
     "mcp",
+    "workers",
 )
 _TLS_KEYS = ("cert_file", "key_file", "reload_interval")
 _UPSTREAM_KEYS = ("allowed_ips", "disable_ip_validation", "tls", "host_header")
@@ -581,6 +583,7 @@ def load_config(
     limits = _limits_section(doc, _optional(top, "limits"))
     oauth = _oauth_section(doc, _optional(top, "oauth"), routes, domain)
     mcp = _mcp_section(doc, _optional(top, "mcp"), routes)
+    workers = _or(_optional(top, "workers"), 1, lambda n: _workers(doc, n))
     doc.register_hidden()
 
     return Config(
@@ -601,6 +604,7 @@ def load_config(
         limits=limits,
         oauth=oauth,
         mcp=mcp,
+        workers=workers,
         warnings=tuple(doc.warnings),
     )
 
@@ -608,6 +612,31 @@ def load_config(
 def _or(node: Node | None, default: _T, convert: Callable[[Node], _T]) -> _T:
     """The default for an absent (or null) value, else the converted value."""
     return default if node is None else convert(node)
+
+
+MAX_WORKERS = 256
+_WORKERS_EXPECTED = f"a whole number from 1 to {MAX_WORKERS}, or auto (the cores this process may use)"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(doc: _Doc, node: Node) -> int:
+    """``workers: N`` or ``auto``: how many proxy processes share the listener."""
+    text = _string(doc, node, "workers", _WORKERS_EXPECTED).strip()
+    if text.lower() == "auto":
+        return min(usable_cores(), MAX_WORKERS)
+    digits = text.replace("_", "")
+    if not re.fullmatch(r"[+-]?[0-9]+", digits):
+        raise doc.error(node, "workers", "not a number", found=_q(text), expected=_WORKERS_EXPECTED)
+    if not 1 <= int(digits) <= MAX_WORKERS:
+        raise doc.error(node, "workers", "out of range", found=_q(text), expected=_WORKERS_EXPECTED)
+    return int(digits)
 
 
 def _parse_yaml(doc: _Doc, path: str) -> Node:

@@ -95,7 +95,14 @@ class Logger:
         self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._last = 0.0  # when the latest request line was recorded
         self._waits = 0
+        self.worker = 0  # a worker's number when the proxy runs several (`workers: N`), else 0
+        self._tag = ""  # what `set_worker` appends to every line
         self.configure(level, fmt)
+
+    def set_worker(self, number: int) -> None:
+        """Tag every line with ``worker=N`` (one process of several); 0 leaves lines as they are."""
+        self.worker = number
+        self.configure(self.level, self.format)
 
     def configure(self, level: str, fmt: str) -> None:
         """Set level and format; a config reload calls this, so both apply without a restart."""
@@ -106,6 +113,10 @@ class Logger:
         self.json = fmt == "json"
         self.debug_enabled = self.threshold <= LEVELS["debug"]
         self.info_enabled = self.threshold <= LEVELS["info"]
+        if not self.worker:
+            self._tag = ""
+        else:
+            self._tag = f', "worker": {self.worker}}}\n' if self.json else f" worker={self.worker}\n"
 
     def log(self, level: str, msg: str, fields: dict[str, Any]) -> None:
         if LEVELS[level] < self.threshold:
@@ -273,6 +284,8 @@ class Logger:
             self.flush()
 
     def _put(self, line: str) -> None:
+        if self._tag:  # the last field, added here so that every kind of line gets it
+            line = line[: -2 if self.json else -1] + self._tag
         if redact.active():  # values from ${VAR} and credentials never reach a log line
             line = redact.scrub(line)
         try:

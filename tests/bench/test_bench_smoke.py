@@ -101,3 +101,27 @@ def test_ab_refuses_bad_versions_in_one_line(tmp_path: Path, args: list[str], me
     assert proc.returncode != 0
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no traceback
+
+
+def test_workers_saturation_figure_runs_every_target(tmp_path: Path) -> None:
+    """`python -m bench.workers` with a tiny load: a row for the proxy and nginx at 1 and 2 workers."""
+    out = tmp_path / "workers.json"
+    argv = [sys.executable, "-m", "bench.workers", "--seconds", "0.3", "--clients", "1", "--conns", "2"]
+    proc = subprocess.run(
+        [*argv, "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["target"], r["workers"]) for r in rows] == [
+        ("mcp-tunnel", 1),
+        ("mcp-tunnel", 2),
+        ("nginx-tls", 1),
+        ("nginx-tls", 2),
+    ]
+    for row in rows:
+        assert row["requests"] > 0 and row["cpu_s"] > 0, row
+    assert proc.stdout.count("\n| ") == 1 + 4  # the table: its header and a line per target

@@ -305,3 +305,10 @@ async def test_retired_connector_closes_instead_of_pooling(
     fresh.close()
     assert conn2.transport.is_closing()
     await proxy.stop()
+
+
+def test_plan_reload_workers_needs_a_restart(tmp: Path, pki: PKI) -> None:
+    base = load_config(str(write_config(tmp, pki, {"echo": "http://127.0.0.1:9000"})))
+    plan = plan_reload(base, dataclasses.replace(base, workers=4))
+    assert [(r.field, r.running, r.configured) for r in plan.needs_restart] == [("workers", "1", "4")]
+    assert plan.effective.workers == 1 and plan.changed == ()

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mcp_tunnel import redact
 from mcp_tunnel.certs.reload import CertificateWatcher
@@ -19,6 +19,9 @@ from mcp_tunnel.errors import CertificateError, ConfigError
 from mcp_tunnel.logs import Logger, buffered_stderr
 from mcp_tunnel.proxy.reload import ConfigReloader
 from mcp_tunnel.proxy.server import ProxyServer, load_certificates
+
+if TYPE_CHECKING:
+    from mcp_tunnel.proxy.workers import WorkerSide
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,9 +47,11 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     config = load_config(args.config, tunnel_domain=args.tunnel_domain)
     log = Logger(config.log_level, config.log_format, stream=buffered_stderr())
-    if args.check:
-        log = Logger("error", config.log_format)
-    watcher = load_tls(config, log)
+    if args.check or config.workers > 1:  # a supervisor checks the pair; its workers log loading it
+        quiet = Logger("error", config.log_format)
+        watcher = load_tls(config, quiet)
+    else:
+        watcher = load_tls(config, log)
     if args.check:
         # Values from ${VAR} that are not an address or path stay masked here too.
         print(redact.scrub(f"{config.path}: configuration ok"))
@@ -56,6 +61,10 @@ def main(argv: list[str]) -> int:
         for warning in config.warnings:
             print(redact.scrub(f"  warning: {warning}"))
         return 0
+    if config.workers > 1:
+        from mcp_tunnel.proxy.workers import supervise
+
+        return supervise(config, log, tunnel_domain=args.tunnel_domain)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(serve(config, log, watcher, tunnel_domain=args.tunnel_domain))
@@ -73,11 +82,18 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def serve(
-    config: Config, log: Logger, watcher: CertificateWatcher, *, tunnel_domain: str | None = None
+    config: Config,
+    log: Logger,
+    watcher: CertificateWatcher,
+    *,
+    tunnel_domain: str | None = None,
+    worker: WorkerSide | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain within shutdown_timeout; a second signal exits at once.
 
     SIGHUP reloads the config (so does a change of the file, polled by `ConfigReloader`).
+    A `worker` (one of `workers: N`) serves the supervisor's socket, leaves admin_addr to the
+    supervisor and answers it on its private channel; its supervisor turns SIGINT into SIGTERM.
     """
     server = ProxyServer(config, log, watcher=watcher)
     reloader = ConfigReloader(server, config.path, tunnel_domain=tunnel_domain)
@@ -102,11 +118,16 @@ async def serve(
             return
         reloader.reload("SIGHUP")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        await server.start()  # after the handlers: a signal right after "listening" must drain
+        # after the handlers: a signal right after "listening" must drain
+        if worker is None:
+            await server.start()
+        else:
+            await server.start(worker.sock, admin=False)
+            await worker.start(server)
     except OSError as exc:
         log.error("cannot listen", error=str(exc))
         await server.stop(0)
@@ -115,6 +136,8 @@ async def serve(
     await stop.wait()
     reloader.stop()
     await server.stop(server.config.shutdown_timeout)
+    if worker is not None:
+        worker.stop()
     log.info("stopped")
     return 0
 

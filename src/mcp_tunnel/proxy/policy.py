@@ -107,8 +107,11 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
     new_admin = _addr(new.admin_host, new.admin_port)
     if now_admin != new_admin:
         restart.append(RestartNeeded("admin_addr", now_admin, new_admin))
+    if running.workers != new.workers:  # the supervisor starts them; a reload reaches each one
+        restart.append(RestartNeeded("workers", str(running.workers), str(new.workers)))
     effective = dataclasses.replace(
         new,
+        workers=running.workers,
         listen_host=running.listen_host,
         listen_port=running.listen_port,
         admin_host=running.admin_host,

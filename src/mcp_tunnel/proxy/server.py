@@ -152,17 +152,22 @@ class ProxyServer:
 
     # --- listener -----------------------------------------------------------------------
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen (and serve admin_addr when set). Raises OSError when a socket cannot be bound."""
+    async def start(self, sock: socket.socket | None = None, *, admin: bool = True) -> None:
+        """Listen (and serve admin_addr when set and `admin`: a worker of several leaves it to its
+        supervisor). Raises OSError when a socket cannot be bound."""
         cfg = self.config
-        if cfg.admin_port is not None:
+        if admin and cfg.admin_port is not None:
             from mcp_tunnel.proxy.admin import AdminServer
 
             self.admin = AdminServer(self)
             await self.admin.start(cfg.admin_host or None, cfg.admin_port)
             self.log.info("admin listening", addr=self.admin.address)
         if sock is not None:
-            self._server = await self.loop.create_server(lambda: TunnelProtocol(self), sock=sock)
+            # backlog: serving a socket calls listen() again, which would shrink a worker's
+            # shared one (bound with 1024 by the supervisor) to the default of 100
+            self._server = await self.loop.create_server(
+                lambda: TunnelProtocol(self), sock=sock, backlog=1024
+            )
         else:
             self._server = await self.loop.create_server(
                 lambda: TunnelProtocol(self),
