@@ -170,6 +170,7 @@ class TunnelSession:
         "_plain",
         "_text_message",
         "_tls_closed",
+        "_tls_failed",
         "close_code",
         "close_reason",
         "events",
@@ -197,6 +198,7 @@ class TunnelSession:
         self._plain: list[bytes] = []  # this read's plaintext so far (reused, not reallocated)
         self._text_message = False  # inside a fragmented text message
         self._tls_closed = False  # TLSClosed was reported
+        self._tls_failed = False  # the TLS session failed (handshake or a corrupt record)
         self.close_code: int | None = None  # the peer's close frame, once it came
         self.close_reason = ""
 
@@ -236,16 +238,19 @@ class TunnelSession:
         for opcode, fin, payload in frames:
             if opcode == BINARY or (opcode == CONT and not self._text_message):
                 if self.state != OPEN:
-                    continue  # ours is closing: what the peer still sends is dropped
+                    self._after_close(payload)
+                    continue
                 handshaking = not tls.handshake_done
                 try:
                     piece = tls.receive(payload)
                 except TLSHandshakeError as failed:
+                    self._tls_failed = True
                     self._close(NORMAL_CLOSURE, "tls handshake failed")  # after our alert
                     self._event(HandshakeFailed(failed.reason))
                     continue
                 except Exception as exc:  # a corrupt record after the handshake (ssl.SSLError)
                     # A name of its own: compiled, one name in two except clauses keeps the first's type.
+                    self._tls_failed = True
                     self._close(PROTOCOL_ERROR, "tls error")
                     self._event(StreamError(str(exc)))
                     continue
@@ -272,6 +277,22 @@ class TunnelSession:
                 break
             # PONG: nothing to do; any byte from the peer already shows it is alive
         return self._take_plain()
+
+    def _after_close(self, ciphertext: bytes) -> None:
+        """Records that come after our close frame: still decrypted (if TLS is sound) so that
+        the peer's close_notify is seen and its close counts as clean, but their plaintext is
+        dropped: nobody answers it any more (RFC 6455 §5.5.1 lets data arrive after our close;
+        TLS lets us read after our close_notify)."""
+        if self._tls_failed or not self.tls.handshake_done or self.state != CLOSE_SENT:
+            return
+        try:
+            self.tls.receive(ciphertext)
+        except Exception:  # the close is under way already: nothing more to say about it
+            self._tls_failed = True
+            return
+        if self.tls.closed_by_peer and not self._tls_closed:
+            self._tls_closed = True
+            self._event(TLSClosed())
 
     def receive_eof(self) -> None:
         """The peer's TCP stream ended (or the socket is gone): nothing more goes either way."""

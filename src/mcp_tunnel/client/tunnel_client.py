@@ -5,11 +5,14 @@ against the tunnel's CA with the route's host as server name), with HTTP/1.1 req
 another inside. Knobs exist for the odd shapes tests need (tiny WebSocket messages, raw access).
 
 The connection is an asyncio protocol of its own on a plain TCP connection. websockets'
-sans-I/O `ClientProtocol` does the opening handshake only; after the 101, `ws_frames` splits
-what the proxy sends into frames, each binary payload goes straight into the TLS session, and
-the plaintext is parsed where it arrives and wakes the waiting request with one future. No
-message queue, lock or task per message: that machinery cost the client ~150 us per request
-over a plain asyncio TLS client, which the benchmark counted as the proxy's latency.
+sans-I/O `ClientProtocol` does the opening handshake only; after the 101, the client side of
+`tunnel_session.TunnelSession` (the same session the proxy runs, with the roles swapped: we
+mask, we are the TLS client) turns what the proxy sends into plaintext and events and says
+what to send back. The plaintext is parsed where it arrives and wakes the waiting request with
+one future. No message queue, lock or task per message: that machinery cost the client
+~150 us per request over a plain asyncio TLS client, which the benchmark counted as the
+proxy's latency. This module only moves bytes, waits and parses HTTP: every WebSocket and TLS
+rule, close ordering included, is the session's.
 """
 
 from __future__ import annotations
@@ -26,26 +29,23 @@ import httptools
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.http11 import USER_AGENT
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN as WS_OPEN
 from websockets.uri import parse_uri
 
 from mcp_tunnel.errors import TunnelClientError
 from mcp_tunnel.http_rules import LAST_CHUNK, chunk
 from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
-from mcp_tunnel.ws_frames import (
-    BINARY,
-    CLOSE,
-    CONT,
-    NORMAL_CLOSURE,
-    PING,
-    PONG,
-    TEXT,
-    UNSUPPORTED_DATA,
-    FrameError,
-    FrameParser,
-    close_payload,
-    encode_frame,
-    parse_close,
+from mcp_tunnel.tunnel_session import (
+    CLOSED,
+    OPEN,
+    Event,
+    FrameRefused,
+    HandshakeFailed,
+    PeerClosed,
+    Plaintext,
+    StreamError,
+    TextRefused,
+    TunnelSession,
 )
 
 HeaderList = list[tuple[str, str]]
@@ -178,6 +178,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self, ws: ClientProtocol, tls: TLSSession, *, max_message: int | None, timeout: float
     ) -> None:
         self.tls = tls
+        # Every protocol rule after the 101; `max_message` only says how we split what we send.
+        self.session = TunnelSession(
+            tls, server_side=False, max_message=None, out_message=max_message or MESSAGE_SIZE
+        )
         self.max_message = max_message
         self.timeout = timeout
         self.busy = False
@@ -196,14 +200,11 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._head_tail = b""  # the last bytes seen while looking for the end of the head
         self._head_done = False
         # After the 101.
-        self._frames = FrameParser(masked=False, max_message=None)
         self._plain = bytearray()  # decrypted bytes that arrived while no response was read
         self._reader: _ResponseReader | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._error: tuple[str, str] | None = None  # (stage, message): the stream is broken
-        self._close_rcvd: int | None = None
-        self._close_sent = False
         self._closing = False  # close() or abort() was called
         self._ended = False  # the proxy's close frame or EOF: nothing more will arrive
         self._lost = False
@@ -227,8 +228,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
     @property
     def close_code(self) -> int | None:
         """The code of the proxy's close frame; 1006 if it ended without one; None while open."""
-        if self._close_rcvd is not None:
-            return self._close_rcvd
+        code = self.session.close_code
+        if code is not None:
+            return code
         return ABNORMAL_CLOSURE if self._ended else None
 
     # --- asyncio.BufferedProtocol ------------------------------------------------------
@@ -257,28 +259,17 @@ class TunnelConnection(asyncio.BufferedProtocol):
                 return
         if self._ended:
             return
-        try:
-            frames = self._frames.feed(data)
-        except FrameError as exc:
-            self._fail(exc.code, exc.reason, f"proxy broke the WebSocket framing: {exc.reason}")
-            frames = []
-        for opcode, _fin, payload in frames:
-            if opcode in (BINARY, CONT):
-                if self._error is None:
-                    self._ciphertext(payload)
-            elif opcode == PING:
-                self._write_frame(PONG, payload)
-            elif opcode == CLOSE:
-                self._peer_close(payload)
-                break
-            elif opcode == TEXT:
-                self._fail(UNSUPPORTED_DATA, "binary messages only", "proxy sent a text message")
-                break
-            # PONG: nothing to do (we send no pings)
-        out = self.tls.outgoing()  # handshake messages, alerts
-        if out:
-            with contextlib.suppress(TunnelClientError):
-                self._send_message(out, split=True)
+        session = self.session
+        plain = session.receive(data)
+        if session.events:
+            self._events(session.events_received())
+        elif plain:
+            self._plaintext(plain)
+        self._write(session.data_to_send())  # handshake messages, alerts, pongs, our close
+        if session.state == CLOSED:  # the proxy's close frame (answered), or broken framing
+            self._ended = True
+            if self.transport is not None:
+                self.transport.close()  # after what we owe it is written
         self._wake()
         if not self._read_paused and not self._ended and self._backlog() > READ_HIGH:
             self._read_paused = True
@@ -289,6 +280,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if self._ws is not None:
             self._ws.receive_eof()
             self._opening_result(b"")
+        self.session.receive_eof()
         self._ended = True
         self._wake()
         return None  # the transport closes itself
@@ -296,6 +288,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._ended = True
+        self.session.receive_eof()
         if not self._opened.done():
             self._opened.set_exception(
                 exc or ConnectionError("connection closed during the WebSocket handshake")
@@ -332,7 +325,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._head_tail = b""
         ws.receive_data(data[:cut])
         rest = data[cut:]
-        if ws.state is OPEN or ws.handshake_exc is not None:
+        if ws.state is WS_OPEN or ws.handshake_exc is not None:
             return self._opening_result(rest)
         ws.receive_data(rest)  # not a 101: the rest is the refusal's body
         return self._opening_result(b"")
@@ -351,7 +344,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.close()
             return b""
-        if ws.state is OPEN:
+        if ws.state is WS_OPEN:
             self._ws = None
             if not self._opened.done():
                 self._opened.set_result(None)
@@ -360,21 +353,31 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     # --- what the proxy sends ---------------------------------------------------------
 
-    def _ciphertext(self, payload: bytes) -> None:
-        try:
-            plain = self.tls.receive(payload)
-        except TLSHandshakeError as exc:
-            out = self.tls.outgoing()  # our alert tells the proxy why (unknown ca, ...)
-            if out:
-                with contextlib.suppress(TunnelClientError):
-                    self._send_message(out, split=True)
-            self._error = ("tls", exc.reason)
-            return
-        except ssl.SSLError as exc:
-            self._error = ("tls", f"TLS error: {exc}")
-            return
-        if not plain:
-            return
+    def _events(self, events: list[Event]) -> None:
+        """What the session reported for one read, in order."""
+        for event in events:
+            if isinstance(event, Plaintext):
+                self._plaintext(event.data)
+            elif isinstance(event, PeerClosed):
+                self.close_reason = event.reason
+            elif isinstance(event, HandshakeFailed):  # our alert told the proxy why (unknown ca)
+                self._set_error("tls", event.reason)
+            elif isinstance(event, StreamError):
+                self._set_error("tls", f"TLS error: {event.error}")
+            elif isinstance(event, TextRefused):
+                self._set_error("websocket", "proxy sent a text message")
+            elif isinstance(event, FrameRefused):
+                what = "sent an invalid close frame" if event.in_close else "broke the WebSocket framing"
+                self._set_error("websocket", f"proxy {what}: {event.reason}")
+            # HandshakeDone, TLSClosed: read from the TLS session's state where they matter
+
+    def _set_error(self, stage: str, message: str) -> None:
+        if self._error is None:
+            self._error = (stage, message)
+
+    def _plaintext(self, plain: bytes) -> None:
+        if self._error is not None:
+            return  # the stream is broken: nothing after the break is trusted
         reader = self._reader
         if reader is None or reader.parser is None or reader.complete or self._plain:
             self._plain += plain
@@ -383,33 +386,6 @@ class TunnelConnection(asyncio.BufferedProtocol):
             reader.parser.feed_data(plain)
         except httptools.HttpParserError as exc:
             self._error = ("http", f"invalid HTTP response: {exc}")
-
-    def _peer_close(self, payload: bytes) -> None:
-        """The proxy's close frame: record its code, answer it unless we closed first."""
-        try:
-            code, reason = parse_close(payload)
-        except FrameError as exc:
-            self._fail(exc.code, exc.reason, f"proxy sent an invalid close frame: {exc.reason}")
-            return
-        self._close_rcvd = code
-        self.close_reason = reason
-        if not self._close_sent:
-            self._close_sent = True
-            self._write_frame(CLOSE, payload)  # the usual echo of the proxy's code
-        self._ended = True
-        if self.transport is not None:
-            self.transport.close()  # after the echo is written
-
-    def _fail(self, code: int, reason: str, message: str) -> None:
-        """The proxy broke the WebSocket rules: close with `code` and drop the connection."""
-        if self._error is None:
-            self._error = ("websocket", message)
-        if not self._close_sent:
-            self._close_sent = True
-            self._write_frame(CLOSE, close_payload(code, reason))
-        self._ended = True
-        if self.transport is not None:
-            self.transport.close()
 
     def _backlog(self) -> int:
         reader = self._reader
@@ -462,25 +438,17 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     # --- what we send -------------------------------------------------------------------
 
-    def _write_frame(self, opcode: int, payload: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(encode_frame(opcode, payload, mask=True))
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
-    def _send_message(self, data: bytes, *, split: bool) -> None:
-        """`data` as binary messages (of at most `max_message` bytes if `split`)."""
+    def _sendable(self) -> asyncio.Transport:
+        """The transport, if data may still go out; raises once either side closed."""
         transport = self.transport
-        if transport is None or self._close_sent or self._ended or transport.is_closing():
+        if transport is None or self.session.state != OPEN or self._ended or transport.is_closing():
             raise TunnelClientError("websocket", "websocket closed while sending")
-        step = (self.max_message or MESSAGE_SIZE) if split else len(data)
-        if len(data) <= step:
-            frame = encode_frame(BINARY, data, mask=True)
-            self.last_write_at = time.perf_counter()
-            transport.write(frame)
-        else:
-            frames = [encode_frame(BINARY, data[i : i + step], mask=True) for i in range(0, len(data), step)]
-            self.last_write_at = time.perf_counter()
-            transport.writelines(frames)
+        return transport
 
     async def _drain(self) -> None:
         while self._write_paused:
@@ -498,25 +466,26 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _flush(self) -> None:
-        out = self.tls.outgoing()
-        if out:
-            self._send_message(out, split=True)
+    async def _send(self, data: bytes) -> None:
+        """Write what the session made (timed for the benchmark); wait while the proxy is behind."""
+        transport = self._sendable()
+        if data:
+            self.last_write_at = time.perf_counter()
+            transport.write(data)
             if self._write_paused:
                 await self._drain()
 
     async def send_message(self, data: bytes) -> None:
         """`data` (ciphertext) as one binary WebSocket message, whatever `max_message` says."""
-        self._send_message(data, split=False)
-        if self._write_paused:
-            await self._drain()
+        self._sendable()
+        await self._send(self.session.send_message(data))
 
     async def handshake(self) -> None:
         try:
-            self.tls.start_handshake()
+            self.session.start_handshake()
         except TLSHandshakeError as exc:
             raise TunnelClientError("tls", exc.reason) from None
-        await self._flush()
+        await self._send(self.session.data_to_send())
         while not self.tls.handshake_done:
             self._raise_error()
             if self._ended:
@@ -525,8 +494,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     async def send_raw(self, plaintext: bytes) -> None:
         """Write plaintext bytes into the TLS stream as they are (tests use this for bad requests)."""
-        self.tls.send(plaintext)
-        await self._flush()
+        self._sendable()
+        await self._send(self.session.send_plain(plaintext))
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -630,12 +599,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
             return
         try:
             if not self._ended:
-                self.tls.close()
-                with contextlib.suppress(TunnelClientError):
-                    await self._flush()
-                if not self._close_sent and not transport.is_closing():
-                    self._close_sent = True
-                    self._write_frame(CLOSE, close_payload(NORMAL_CLOSURE))
+                self.session.close_gracefully()
+                self._write(self.session.data_to_send())
+                if self._write_paused:
+                    with contextlib.suppress(TunnelClientError, TimeoutError):
+                        async with asyncio.timeout(self.timeout):
+                            await self._drain()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.timeout):
                         while not self._ended:
