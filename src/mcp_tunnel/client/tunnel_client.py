@@ -102,12 +102,20 @@ class Response:
 
 
 class _ResponseReader:
-    """httptools callbacks for one response; interim (1xx) responses are skipped."""
+    """httptools callbacks for one response; interim (1xx) responses are skipped.
+
+    One read may carry more than the response asked for (the proxy answering pipelined
+    requests, records coalesced): the parser cannot stop at a message's end, so the responses
+    that follow in the same bytes get readers of their own (`following`), parsed by the first
+    one's parser, which the connection hands out in order.
+    """
 
     __slots__ = (
         "body",
         "body_size",
         "complete",
+        "current",
+        "following",
         "head_only",
         "headers",
         "headers_done",
@@ -115,13 +123,18 @@ class _ResponseReader:
         "keep_alive",
         "parser",
         "reason",
+        "root",
         "status",
     )
 
-    def __init__(self, head_only: bool) -> None:
+    def __init__(self, head_only: bool, parser: httptools.HttpResponseParser | None = None) -> None:
         # Set to None once the response is read: the parser holds our bound callbacks, and
         # without that cut every response would wait for the cyclic GC to be freed.
-        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = parser or httptools.HttpResponseParser(self)
+        # The reader the parser's callbacks fill now, if not us (not `self`: that would be a cycle).
+        self.current: _ResponseReader | None = None
+        self.root: _ResponseReader | None = None  # the reader whose callbacks the parser calls, if not us
+        self.following: list[_ResponseReader] | None = None  # made since the connection last looked
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -133,38 +146,53 @@ class _ResponseReader:
         self.complete = False
         self.head_only = head_only
 
+    def take_following(self) -> list[_ResponseReader]:
+        following = self.following
+        self.following = None
+        return following or []
+
     def on_message_begin(self) -> None:
-        self.reason = b""
-        self.headers = []
+        cur = self.current or self
+        if cur.complete:  # the next response, in the same bytes as the end of this one
+            cur = self.current = _ResponseReader(False, cur.parser)
+            cur.root = self
+            if self.following is None:
+                self.following = []
+            self.following.append(cur)
+        cur.reason = b""
+        cur.headers = []
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        (self.current or self).reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        (self.current or self).headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
+        cur = self.current or self
+        parser = cur.parser
         assert parser is not None
         status = parser.get_status_code()
         if 100 <= status < 200:
-            self.interim = True  # 100 Continue, 103 Early Hints: the final answer follows
+            cur.interim = True  # 100 Continue, 103 Early Hints: the final answer follows
             return
-        self.status = status
-        self.keep_alive = bool(parser.should_keep_alive())
-        self.headers_done = True
-        if self.head_only or status in (204, 304):
-            self.complete = True
+        cur.status = status
+        cur.keep_alive = bool(parser.should_keep_alive())
+        cur.headers_done = True
+        if cur.head_only or status in (204, 304):
+            cur.complete = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-        self.body_size += len(body)
+        cur = self.current or self
+        cur.body.append(body)
+        cur.body_size += len(body)
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
+        cur = self.current or self
+        if cur.interim:
+            cur.interim = False
         else:
-            self.complete = True
+            cur.complete = True
 
 
 class TunnelConnection(asyncio.BufferedProtocol):
@@ -202,6 +230,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         # After the 101.
         self._plain = bytearray()  # decrypted bytes that arrived while no response was read
         self._reader: _ResponseReader | None = None
+        self._ready: list[_ResponseReader] = []  # responses that came behind the one asked for
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._error: tuple[str, str] | None = None  # (stage, message): the stream is broken
@@ -382,10 +411,19 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if reader is None or reader.parser is None or reader.complete or self._plain:
             self._plain += plain
             return
+        self._parse(reader, plain)
+
+    def _parse(self, reader: _ResponseReader, data: bytes) -> None:
+        parser = reader.parser
+        assert parser is not None
         try:
-            reader.parser.feed_data(plain)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._error = ("http", f"invalid HTTP response: {exc}")
+        # The callbacks go to the reader that made the parser; it lists the responses that followed.
+        root = reader.root or reader
+        if root.following:
+            self._ready += root.take_following()
 
     def _backlog(self) -> int:
         reader = self._reader
@@ -541,16 +579,18 @@ class TunnelConnection(asyncio.BufferedProtocol):
             raise TunnelClientError("timeout", f"no response within {limit:g}s") from None
 
     async def read_response(self, *, head_only: bool = False) -> Response:
-        reader = _ResponseReader(head_only)
+        if self._ready:  # it came already, behind the previous response
+            reader = self._ready.pop(0)
+            reader.head_only = head_only
+            if head_only and reader.headers_done:
+                reader.complete = True
+        else:
+            reader = _ResponseReader(head_only)
         self._reader = reader
-        if self._plain:
+        if self._plain and not reader.complete:
             data = bytes(self._plain)
             self._plain.clear()
-            try:
-                assert reader.parser is not None
-                reader.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                self._error = ("http", f"invalid HTTP response: {exc}")
+            self._parse(reader, data)
             self._resume_reading()
         while not reader.headers_done:
             self._raise_error()
@@ -573,6 +613,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
                 continue
             if reader.complete:
                 reader.parser = None
+                reader.root = None
                 break
             self._raise_error()
             if self.tls.closed_by_peer:
