@@ -68,6 +68,7 @@ class Side:
         self.plain += plain
         for event in events:
             if isinstance(event, Plaintext):
+                assert not {TLSClosed, PeerClosed} & set(self.kinds()), "plaintext after the end"
                 self.plain += event.data
             else:
                 self.events.append(event)
@@ -509,8 +510,10 @@ def test_fuzz_interleavings_end_in_a_documented_state(pki: PKI) -> None:
 
     Oracle: no exception; once everything is delivered both sessions are CLOSED if either
     closed (OPEN otherwise); the plaintext each received is a prefix of what the other's
-    session accepted, and all of it when the receiver did not close first; the events are the
-    documented ones, in a documented order.
+    session accepted, and all of it when the receiver did not close first, and none after the
+    end; the events are the documented ones, in a documented order; a close is clean (with a
+    TLSClosed before it) exactly when the peer closed gracefully, answered exactly when the
+    receiver had not closed itself, and carries the code of whoever closed.
     """
     rng = random.Random(20261205)
     started = time.monotonic()
@@ -519,7 +522,7 @@ def test_fuzz_interleavings_end_in_a_documented_state(pki: PKI) -> None:
         runs += 1
         p = Pair(pki)
         p.handshake()
-        closed_first: set[str] = set()
+        closed_first: dict[str, str] = {}  # who closed while open, and how
         for _ in range(rng.randrange(1, 25)):
             side_name = rng.choice(["client", "server"])
             side = p.client if side_name == "client" else p.server
@@ -530,12 +533,12 @@ def test_fuzz_interleavings_end_in_a_documented_state(pki: PKI) -> None:
                 p.out(side, side.session.ping(b"p"))
             elif op < 0.62:
                 if side.session.state == OPEN:
-                    closed_first.add(side_name)
+                    closed_first[side_name] = "graceful"
                 side.session.close_gracefully()
                 p.flush(side)
             elif op < 0.66:
                 if side.session.state == OPEN:
-                    closed_first.add(side_name)
+                    closed_first[side_name] = "abrupt"
                 side.session.close_abruptly()
                 p.flush(side)
             else:  # a random piece of what waits, to one side
@@ -546,16 +549,25 @@ def test_fuzz_interleavings_end_in_a_documented_state(pki: PKI) -> None:
         p.pump(limit=1000)
         expected = CLOSED if closed_first else OPEN
         assert p.client.session.state == p.server.session.state == expected, runs
-        for receiver, sender, name in ((p.server, p.client, "server"), (p.client, p.server, "client")):
+        for receiver, sender, name, other in (
+            (p.server, p.client, "server", "client"),
+            (p.client, p.server, "client", "server"),
+        ):
             got, sent = bytes(receiver.plain), bytes(sender.sent)
             assert sent.startswith(got), (runs, name)
             if name not in closed_first:
                 assert got == sent, (runs, name)
+            assert max(len(f.payload) for f in sender.frames()) <= MAX_OUT_MESSAGE
             kinds = receiver.kinds()
             assert kinds[0] is HandshakeDone and kinds.count(HandshakeDone) == 1
             assert set(kinds[1:]) <= {TLSClosed, PeerClosed}, (runs, kinds)
+            # A close_notify came, and made the peer's close clean, exactly when it closed gracefully.
+            clean = closed_first.get(other) == "graceful"
+            assert (TLSClosed in kinds) == clean, (runs, name, kinds)
             if closed_first:
-                assert kinds[-1] is PeerClosed and kinds.count(PeerClosed) == 1
-                if TLSClosed in kinds:
-                    assert kinds.index(TLSClosed) < kinds.index(PeerClosed)
+                last = receiver.events[-1]
+                assert isinstance(last, PeerClosed) and kinds.count(PeerClosed) == 1
+                assert last.clean == clean and last.answered == (name not in closed_first), (runs, name)
+                how = closed_first.get(other) or closed_first[name]  # the close that was answered
+                assert last.code == {"graceful": 1000, "abrupt": 1011}[how], (runs, name)
     assert runs >= 20  # enough of them ran to mean something
