@@ -87,7 +87,7 @@ class Event:
     __slots__ = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandshakeDone(Event):
     """The inner TLS handshake succeeded. `sni`: the name the client sent (server side) or
     the name we sent (client side)."""
@@ -96,19 +96,19 @@ class HandshakeDone(Event):
     alpn: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plaintext(Event):
     """Decrypted bytes, in a read that also had an event (otherwise `receive` returns them)."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TLSClosed(Event):
     """The peer sent TLS close_notify: no more plaintext will come; what is in flight may end."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandshakeFailed(Event):
     """The inner handshake failed; our alert (if any) and close 1000 are queued. `reason` is
     the alert's words (``unknown ca``)."""
@@ -116,19 +116,19 @@ class HandshakeFailed(Event):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StreamError(Event):
     """A corrupt TLS record after the handshake; close 1002 is queued."""
 
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TextRefused(Event):
     """The peer sent a text message; close 1003 is queued."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrameRefused(Event):
     """The peer broke the framing rules (`in_close`: in its close frame); our close with
     `code` is queued and the session is CLOSED: close the socket once it is written."""
@@ -138,7 +138,7 @@ class FrameRefused(Event):
     in_close: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerClosed(Event):
     """The peer's close frame. `clean`: its TLS close_notify came first (otherwise what is in
     flight must be aborted). `answered`: we echoed it (it closed first). The session is
