@@ -16,6 +16,7 @@ MODULES = (
     "mcp_tunnel.ws_frames",
     "mcp_tunnel.ws_handshake",
     "mcp_tunnel.tls_session",
+    "mcp_tunnel.tunnel_session",
     "mcp_tunnel.http_rules",
     "mcp_tunnel.logs",
     "mcp_tunnel.routing",

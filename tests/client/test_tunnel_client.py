@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from mcp_tunnel.client import TunnelClient, client_ssl_context
+from mcp_tunnel.client.tunnel_client import _ResponseReader
 from mcp_tunnel.errors import TunnelClientError
 from mcp_tunnel.ws_frames import BINARY, CLOSE, CONT, PING, PONG, TEXT, Frame, FrameParser
 from support.pki import PKI
@@ -632,3 +633,21 @@ async def test_send_message_sends_one_message_whatever_max_message(
         sizes = [len(f.payload) for f in relay.frames_from_client(BINARY)]
         assert sizes.count(len(records)) == 1 and max(n for n in sizes if n != len(records)) == 16
         await conn.close()
+
+
+def test_responses_that_come_in_one_piece_are_read_one_by_one() -> None:
+    """The session hands over a read's plaintext in one piece: two responses can share it."""
+    reader = _ResponseReader(head_only=False)
+    assert reader.parser is not None
+    reader.parser.feed_data(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\ntwo"
+        b"HTTP/1.1 204 No Content\r\n"
+    )
+    assert (reader.status, reader.body, reader.complete) == (200, [b"one"], True)
+    second, third = reader.take_following()
+    assert (second.status, second.reason, second.body, second.complete) == (201, b"Created", [b"two"], True)
+    assert (third.status, third.headers_done, third.complete) == (0, False, False)  # its head is not over
+    assert third.parser is not None
+    third.parser.feed_data(b"\r\n")
+    assert (third.status, third.complete) == (204, True)

@@ -5,11 +5,14 @@ against the tunnel's CA with the route's host as server name), with HTTP/1.1 req
 another inside. Knobs exist for the odd shapes tests need (tiny WebSocket messages, raw access).
 
 The connection is an asyncio protocol of its own on a plain TCP connection. websockets'
-sans-I/O `ClientProtocol` does the opening handshake only; after the 101, `ws_frames` splits
-what the proxy sends into frames, each binary payload goes straight into the TLS session, and
-the plaintext is parsed where it arrives and wakes the waiting request with one future. No
-message queue, lock or task per message: that machinery cost the client ~150 us per request
-over a plain asyncio TLS client, which the benchmark counted as the proxy's latency.
+sans-I/O `ClientProtocol` does the opening handshake only; after the 101, the client side of
+`tunnel_session.TunnelSession` (the same session the proxy runs, with the roles swapped: we
+mask, we are the TLS client) turns what the proxy sends into plaintext and events and says
+what to send back. The plaintext is parsed where it arrives and wakes the waiting request with
+one future. No message queue, lock or task per message: that machinery cost the client
+~150 us per request over a plain asyncio TLS client, which the benchmark counted as the
+proxy's latency. This module only moves bytes, waits and parses HTTP: every WebSocket and TLS
+rule, close ordering included, is the session's.
 """
 
 from __future__ import annotations
@@ -26,26 +29,23 @@ import httptools
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.http11 import USER_AGENT
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN as WS_OPEN
 from websockets.uri import parse_uri
 
 from mcp_tunnel.errors import TunnelClientError
 from mcp_tunnel.http_rules import LAST_CHUNK, chunk
 from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
-from mcp_tunnel.ws_frames import (
-    BINARY,
-    CLOSE,
-    CONT,
-    NORMAL_CLOSURE,
-    PING,
-    PONG,
-    TEXT,
-    UNSUPPORTED_DATA,
-    FrameError,
-    FrameParser,
-    close_payload,
-    encode_frame,
-    parse_close,
+from mcp_tunnel.tunnel_session import (
+    CLOSED,
+    OPEN,
+    Event,
+    FrameRefused,
+    HandshakeFailed,
+    PeerClosed,
+    Plaintext,
+    StreamError,
+    TextRefused,
+    TunnelSession,
 )
 
 HeaderList = list[tuple[str, str]]
@@ -102,12 +102,20 @@ class Response:
 
 
 class _ResponseReader:
-    """httptools callbacks for one response; interim (1xx) responses are skipped."""
+    """httptools callbacks for one response; interim (1xx) responses are skipped.
+
+    One read may carry more than the response asked for (the proxy answering pipelined
+    requests, records coalesced): the parser cannot stop at a message's end, so the responses
+    that follow in the same bytes get readers of their own (`following`), parsed by the first
+    one's parser, which the connection hands out in order.
+    """
 
     __slots__ = (
         "body",
         "body_size",
         "complete",
+        "current",
+        "following",
         "head_only",
         "headers",
         "headers_done",
@@ -115,13 +123,18 @@ class _ResponseReader:
         "keep_alive",
         "parser",
         "reason",
+        "root",
         "status",
     )
 
-    def __init__(self, head_only: bool) -> None:
+    def __init__(self, head_only: bool, parser: httptools.HttpResponseParser | None = None) -> None:
         # Set to None once the response is read: the parser holds our bound callbacks, and
         # without that cut every response would wait for the cyclic GC to be freed.
-        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = parser or httptools.HttpResponseParser(self)
+        # The reader the parser's callbacks fill now, if not us (not `self`: that would be a cycle).
+        self.current: _ResponseReader | None = None
+        self.root: _ResponseReader | None = None  # the reader whose callbacks the parser calls, if not us
+        self.following: list[_ResponseReader] | None = None  # made since the connection last looked
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -133,38 +146,53 @@ class _ResponseReader:
         self.complete = False
         self.head_only = head_only
 
+    def take_following(self) -> list[_ResponseReader]:
+        following = self.following
+        self.following = None
+        return following or []
+
     def on_message_begin(self) -> None:
-        self.reason = b""
-        self.headers = []
+        cur = self.current or self
+        if cur.complete:  # the next response, in the same bytes as the end of this one
+            cur = self.current = _ResponseReader(False, cur.parser)
+            cur.root = self
+            if self.following is None:
+                self.following = []
+            self.following.append(cur)
+        cur.reason = b""
+        cur.headers = []
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
+        (self.current or self).reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        (self.current or self).headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
+        cur = self.current or self
+        parser = cur.parser
         assert parser is not None
         status = parser.get_status_code()
         if 100 <= status < 200:
-            self.interim = True  # 100 Continue, 103 Early Hints: the final answer follows
+            cur.interim = True  # 100 Continue, 103 Early Hints: the final answer follows
             return
-        self.status = status
-        self.keep_alive = bool(parser.should_keep_alive())
-        self.headers_done = True
-        if self.head_only or status in (204, 304):
-            self.complete = True
+        cur.status = status
+        cur.keep_alive = bool(parser.should_keep_alive())
+        cur.headers_done = True
+        if cur.head_only or status in (204, 304):
+            cur.complete = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-        self.body_size += len(body)
+        cur = self.current or self
+        cur.body.append(body)
+        cur.body_size += len(body)
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
+        cur = self.current or self
+        if cur.interim:
+            cur.interim = False
         else:
-            self.complete = True
+            cur.complete = True
 
 
 class TunnelConnection(asyncio.BufferedProtocol):
@@ -178,6 +206,10 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self, ws: ClientProtocol, tls: TLSSession, *, max_message: int | None, timeout: float
     ) -> None:
         self.tls = tls
+        # Every protocol rule after the 101; `max_message` only says how we split what we send.
+        self.session = TunnelSession(
+            tls, server_side=False, max_message=None, out_message=max_message or MESSAGE_SIZE
+        )
         self.max_message = max_message
         self.timeout = timeout
         self.busy = False
@@ -196,14 +228,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._head_tail = b""  # the last bytes seen while looking for the end of the head
         self._head_done = False
         # After the 101.
-        self._frames = FrameParser(masked=False, max_message=None)
         self._plain = bytearray()  # decrypted bytes that arrived while no response was read
         self._reader: _ResponseReader | None = None
+        self._ready: list[_ResponseReader] = []  # responses that came behind the one asked for
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._error: tuple[str, str] | None = None  # (stage, message): the stream is broken
-        self._close_rcvd: int | None = None
-        self._close_sent = False
         self._closing = False  # close() or abort() was called
         self._ended = False  # the proxy's close frame or EOF: nothing more will arrive
         self._lost = False
@@ -227,8 +257,9 @@ class TunnelConnection(asyncio.BufferedProtocol):
     @property
     def close_code(self) -> int | None:
         """The code of the proxy's close frame; 1006 if it ended without one; None while open."""
-        if self._close_rcvd is not None:
-            return self._close_rcvd
+        code = self.session.close_code
+        if code is not None:
+            return code
         return ABNORMAL_CLOSURE if self._ended else None
 
     # --- asyncio.BufferedProtocol ------------------------------------------------------
@@ -257,28 +288,17 @@ class TunnelConnection(asyncio.BufferedProtocol):
                 return
         if self._ended:
             return
-        try:
-            frames = self._frames.feed(data)
-        except FrameError as exc:
-            self._fail(exc.code, exc.reason, f"proxy broke the WebSocket framing: {exc.reason}")
-            frames = []
-        for opcode, _fin, payload in frames:
-            if opcode in (BINARY, CONT):
-                if self._error is None:
-                    self._ciphertext(payload)
-            elif opcode == PING:
-                self._write_frame(PONG, payload)
-            elif opcode == CLOSE:
-                self._peer_close(payload)
-                break
-            elif opcode == TEXT:
-                self._fail(UNSUPPORTED_DATA, "binary messages only", "proxy sent a text message")
-                break
-            # PONG: nothing to do (we send no pings)
-        out = self.tls.outgoing()  # handshake messages, alerts
-        if out:
-            with contextlib.suppress(TunnelClientError):
-                self._send_message(out, split=True)
+        session = self.session
+        plain = session.receive(data)
+        if session.events:
+            self._events(session.events_received())
+        elif plain:
+            self._plaintext(plain)
+        self._write(session.data_to_send())  # handshake messages, alerts, pongs, our close
+        if session.state == CLOSED:  # the proxy's close frame (answered), or broken framing
+            self._ended = True
+            if self.transport is not None:
+                self.transport.close()  # after what we owe it is written
         self._wake()
         if not self._read_paused and not self._ended and self._backlog() > READ_HIGH:
             self._read_paused = True
@@ -289,6 +309,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         if self._ws is not None:
             self._ws.receive_eof()
             self._opening_result(b"")
+        self.session.receive_eof()
         self._ended = True
         self._wake()
         return None  # the transport closes itself
@@ -296,6 +317,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._ended = True
+        self.session.receive_eof()
         if not self._opened.done():
             self._opened.set_exception(
                 exc or ConnectionError("connection closed during the WebSocket handshake")
@@ -332,7 +354,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._head_tail = b""
         ws.receive_data(data[:cut])
         rest = data[cut:]
-        if ws.state is OPEN or ws.handshake_exc is not None:
+        if ws.state is WS_OPEN or ws.handshake_exc is not None:
             return self._opening_result(rest)
         ws.receive_data(rest)  # not a 101: the rest is the refusal's body
         return self._opening_result(b"")
@@ -351,7 +373,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.close()
             return b""
-        if ws.state is OPEN:
+        if ws.state is WS_OPEN:
             self._ws = None
             if not self._opened.done():
                 self._opened.set_result(None)
@@ -360,56 +382,48 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     # --- what the proxy sends ---------------------------------------------------------
 
-    def _ciphertext(self, payload: bytes) -> None:
-        try:
-            plain = self.tls.receive(payload)
-        except TLSHandshakeError as exc:
-            out = self.tls.outgoing()  # our alert tells the proxy why (unknown ca, ...)
-            if out:
-                with contextlib.suppress(TunnelClientError):
-                    self._send_message(out, split=True)
-            self._error = ("tls", exc.reason)
-            return
-        except ssl.SSLError as exc:
-            self._error = ("tls", f"TLS error: {exc}")
-            return
-        if not plain:
-            return
+    def _events(self, events: list[Event]) -> None:
+        """What the session reported for one read, in order."""
+        for event in events:
+            if isinstance(event, Plaintext):
+                self._plaintext(event.data)
+            elif isinstance(event, PeerClosed):
+                self.close_reason = event.reason
+            elif isinstance(event, HandshakeFailed):  # our alert told the proxy why (unknown ca)
+                self._set_error("tls", event.reason)
+            elif isinstance(event, StreamError):
+                self._set_error("tls", f"TLS error: {event.error}")
+            elif isinstance(event, TextRefused):
+                self._set_error("websocket", "proxy sent a text message")
+            elif isinstance(event, FrameRefused):
+                what = "sent an invalid close frame" if event.in_close else "broke the WebSocket framing"
+                self._set_error("websocket", f"proxy {what}: {event.reason}")
+            # HandshakeDone, TLSClosed: read from the TLS session's state where they matter
+
+    def _set_error(self, stage: str, message: str) -> None:
+        if self._error is None:
+            self._error = (stage, message)
+
+    def _plaintext(self, plain: bytes) -> None:
+        if self._error is not None:
+            return  # the stream is broken: nothing after the break is trusted
         reader = self._reader
         if reader is None or reader.parser is None or reader.complete or self._plain:
             self._plain += plain
             return
+        self._parse(reader, plain)
+
+    def _parse(self, reader: _ResponseReader, data: bytes) -> None:
+        parser = reader.parser
+        assert parser is not None
         try:
-            reader.parser.feed_data(plain)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._error = ("http", f"invalid HTTP response: {exc}")
-
-    def _peer_close(self, payload: bytes) -> None:
-        """The proxy's close frame: record its code, answer it unless we closed first."""
-        try:
-            code, reason = parse_close(payload)
-        except FrameError as exc:
-            self._fail(exc.code, exc.reason, f"proxy sent an invalid close frame: {exc.reason}")
-            return
-        self._close_rcvd = code
-        self.close_reason = reason
-        if not self._close_sent:
-            self._close_sent = True
-            self._write_frame(CLOSE, payload)  # the usual echo of the proxy's code
-        self._ended = True
-        if self.transport is not None:
-            self.transport.close()  # after the echo is written
-
-    def _fail(self, code: int, reason: str, message: str) -> None:
-        """The proxy broke the WebSocket rules: close with `code` and drop the connection."""
-        if self._error is None:
-            self._error = ("websocket", message)
-        if not self._close_sent:
-            self._close_sent = True
-            self._write_frame(CLOSE, close_payload(code, reason))
-        self._ended = True
-        if self.transport is not None:
-            self.transport.close()
+        # The callbacks go to the reader that made the parser; it lists the responses that followed.
+        root = reader.root or reader
+        if root.following:
+            self._ready += root.take_following()
 
     def _backlog(self) -> int:
         reader = self._reader
@@ -462,25 +476,17 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     # --- what we send -------------------------------------------------------------------
 
-    def _write_frame(self, opcode: int, payload: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(encode_frame(opcode, payload, mask=True))
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
-    def _send_message(self, data: bytes, *, split: bool) -> None:
-        """`data` as binary messages (of at most `max_message` bytes if `split`)."""
+    def _sendable(self) -> asyncio.Transport:
+        """The transport, if data may still go out; raises once either side closed."""
         transport = self.transport
-        if transport is None or self._close_sent or self._ended or transport.is_closing():
+        if transport is None or self.session.state != OPEN or self._ended or transport.is_closing():
             raise TunnelClientError("websocket", "websocket closed while sending")
-        step = (self.max_message or MESSAGE_SIZE) if split else len(data)
-        if len(data) <= step:
-            frame = encode_frame(BINARY, data, mask=True)
-            self.last_write_at = time.perf_counter()
-            transport.write(frame)
-        else:
-            frames = [encode_frame(BINARY, data[i : i + step], mask=True) for i in range(0, len(data), step)]
-            self.last_write_at = time.perf_counter()
-            transport.writelines(frames)
+        return transport
 
     async def _drain(self) -> None:
         while self._write_paused:
@@ -498,25 +504,26 @@ class TunnelConnection(asyncio.BufferedProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _flush(self) -> None:
-        out = self.tls.outgoing()
-        if out:
-            self._send_message(out, split=True)
+    async def _send(self, data: bytes) -> None:
+        """Write what the session made (timed for the benchmark); wait while the proxy is behind."""
+        transport = self._sendable()
+        if data:
+            self.last_write_at = time.perf_counter()
+            transport.write(data)
             if self._write_paused:
                 await self._drain()
 
     async def send_message(self, data: bytes) -> None:
         """`data` (ciphertext) as one binary WebSocket message, whatever `max_message` says."""
-        self._send_message(data, split=False)
-        if self._write_paused:
-            await self._drain()
+        self._sendable()
+        await self._send(self.session.send_message(data))
 
     async def handshake(self) -> None:
         try:
-            self.tls.start_handshake()
+            self.session.start_handshake()
         except TLSHandshakeError as exc:
             raise TunnelClientError("tls", exc.reason) from None
-        await self._flush()
+        await self._send(self.session.data_to_send())
         while not self.tls.handshake_done:
             self._raise_error()
             if self._ended:
@@ -525,8 +532,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
     async def send_raw(self, plaintext: bytes) -> None:
         """Write plaintext bytes into the TLS stream as they are (tests use this for bad requests)."""
-        self.tls.send(plaintext)
-        await self._flush()
+        self._sendable()
+        await self._send(self.session.send_plain(plaintext))
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -572,16 +579,18 @@ class TunnelConnection(asyncio.BufferedProtocol):
             raise TunnelClientError("timeout", f"no response within {limit:g}s") from None
 
     async def read_response(self, *, head_only: bool = False) -> Response:
-        reader = _ResponseReader(head_only)
+        if self._ready:  # it came already, behind the previous response
+            reader = self._ready.pop(0)
+            reader.head_only = head_only
+            if head_only and reader.headers_done:
+                reader.complete = True
+        else:
+            reader = _ResponseReader(head_only)
         self._reader = reader
-        if self._plain:
+        if self._plain and not reader.complete:
             data = bytes(self._plain)
             self._plain.clear()
-            try:
-                assert reader.parser is not None
-                reader.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                self._error = ("http", f"invalid HTTP response: {exc}")
+            self._parse(reader, data)
             self._resume_reading()
         while not reader.headers_done:
             self._raise_error()
@@ -604,6 +613,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
                 continue
             if reader.complete:
                 reader.parser = None
+                reader.root = None
                 break
             self._raise_error()
             if self.tls.closed_by_peer:
@@ -630,12 +640,12 @@ class TunnelConnection(asyncio.BufferedProtocol):
             return
         try:
             if not self._ended:
-                self.tls.close()
-                with contextlib.suppress(TunnelClientError):
-                    await self._flush()
-                if not self._close_sent and not transport.is_closing():
-                    self._close_sent = True
-                    self._write_frame(CLOSE, close_payload(NORMAL_CLOSURE))
+                self.session.close_gracefully()
+                self._write(self.session.data_to_send())
+                if self._write_paused:
+                    with contextlib.suppress(TunnelClientError, TimeoutError):
+                        async with asyncio.timeout(self.timeout):
+                            await self._drain()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.timeout):
                         while not self._ended:

@@ -18,7 +18,7 @@ from mcp_tunnel.oauth_rewrite import OAuthRewriter
 from mcp_tunnel.proxy.forward import Forwarder
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
-from mcp_tunnel.proxy.tunnel import TunnelProtocol, remember_sni
+from mcp_tunnel.proxy.tunnel import TunnelContext, TunnelProtocol, remember_sni
 from mcp_tunnel.proxy.upstream import Connector, Dial, Resolver, SystemResolver, loop_dial
 from mcp_tunnel.tls_session import make_server_context
 
@@ -60,6 +60,21 @@ class ProxyServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._idle_event: asyncio.Event | None = None
         self.watcher = watcher or load_certificates(config, log)
+        # What every tunnel sees of the process (no tunnel holds the server itself).
+        self.tunnel_context = TunnelContext(
+            loop=self.loop,
+            log=log,
+            limits=config.limits,
+            tls_context=self.tls_context,
+            admission=self.admission,
+            opened=self.tunnel_opened,
+            admitted=self.tunnel_admitted,
+            closed=self.tunnel_closed,
+            handshake_failed=self.handshake_failed,
+            handshake_refused=self.handshake_refused,
+            handshake_succeeded=self.handshake_succeeded,
+            owner=self,
+        )
         self.apply(config)
         self.metrics.config_loaded(True, time.time(), reload=False)
 
@@ -73,6 +88,7 @@ class ProxyServer:
         old = getattr(self, "connector", None)
         self.config = config
         self.limits = config.limits
+        self.tunnel_context.limits = config.limits
         self.router = config.router
         self.upstream_settings = config.upstream
         self.mcp = None if config.mcp is None else McpPolicy(config.mcp)  # None: no JSON work at all
@@ -166,11 +182,11 @@ class ProxyServer:
             # backlog: serving a socket calls listen() again, which would shrink a worker's
             # shared one (bound with 1024 by the supervisor) to the default of 100
             self._server = await self.loop.create_server(
-                lambda: TunnelProtocol(self), sock=sock, backlog=1024
+                lambda: TunnelProtocol(self.tunnel_context), sock=sock, backlog=1024
             )
         else:
             self._server = await self.loop.create_server(
-                lambda: TunnelProtocol(self),
+                lambda: TunnelProtocol(self.tunnel_context),
                 host=cfg.listen_host or None,
                 port=cfg.listen_port,
                 reuse_address=True,

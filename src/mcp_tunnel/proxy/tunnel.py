@@ -1,9 +1,14 @@
-"""One tunnel connection: WebSocket framing, then the inner TLS session (SPEC §2).
+"""The proxy end of one tunnel: an asyncio front-end over `TunnelSession` (SPEC §2).
 
-This layer only moves bytes. `ws_handshake` decides the answer to the upgrade request, then
-`ws_frames` splits the stream into frames, which carry one TLS byte stream (`TLSSession`)
-whose plaintext goes to the inner HTTP/1.1 connection. Message boundaries mean nothing;
-binary payloads are fed to TLS as they arrive.
+`ws_handshake` decides the answer to the upgrade request (and the server's admission whether
+to give it); after the 101 every byte goes through `tunnel_session.TunnelSession`, which holds
+the framing, the inner TLS session and the close ordering. This module only moves the bytes:
+it owns the transport, flow control (pause/resume reading, the write buffer's high water),
+the connection's deadline, logging and metrics, and hands the plaintext to the inner HTTP/1.1
+connection (`InnerHTTP`).
+
+It knows the rest of the proxy only through a `TunnelContext` (built by server.py): no
+import of the server, not even for types.
 """
 
 from __future__ import annotations
@@ -11,59 +16,86 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
+from mcp_tunnel.config import Limits
+from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.flow import HIGH_WATER, MAX_MESSAGE, READ_BACKLOG
 from mcp_tunnel.proxy.http_server import InnerHTTP
 from mcp_tunnel.routing import normalize_host
-from mcp_tunnel.tls_session import TLSHandshakeError, TLSSession
-from mcp_tunnel.ws_frames import (
-    BINARY,
-    CLOSE,
-    CONT,
-    INTERNAL_ERROR,
-    NO_STATUS_RCVD,
-    NORMAL_CLOSURE,
-    PING,
-    PONG,
-    PROTOCOL_ERROR,
-    TEXT,
-    UNSUPPORTED_DATA,
-    Frame,
-    FrameError,
-    FrameParser,
-    close_payload,
-    frame_header,
-    parse_close,
+from mcp_tunnel.tls_session import TLSSession
+from mcp_tunnel.tunnel_session import (
+    CLOSE_SENT,
+    CLOSED,
+    CONNECTING,
+    OPEN,
+    Event,
+    FrameRefused,
+    HandshakeDone,
+    HandshakeFailed,
+    PeerClosed,
+    Plaintext,
+    StreamError,
+    TextRefused,
+    TLSClosed,
+    TunnelSession,
+    remember_sni,
 )
 from mcp_tunnel.ws_handshake import UpgradeParser, UpgradeRefused, accept, check_upgrade, refusal_response
 
-if TYPE_CHECKING:
-    from mcp_tunnel.proxy.server import ProxyServer
+__all__ = ["CLOSED", "CLOSE_SENT", "CONNECTING", "OPEN", "TunnelContext", "TunnelProtocol", "remember_sni"]
 
-
-MAX_OUT_MESSAGE = 64 * 1024
 CLOSE_WAIT_SECONDS = 5.0  # how long a closing tunnel waits for the peer's close frame
 
-# WebSocket states: before the 101, open, our close frame sent, closing handshake over.
-CONNECTING, OPEN, CLOSE_SENT, CLOSED = 0, 1, 2, 3
 
+class TunnelContext:
+    """What a tunnel needs from the process, and only that; server.py builds one and keeps
+    `limits` current across reloads (a tunnel reads them when it needs them)."""
 
-_SNI_ATTRIBUTE = "mcp_tunnel_sni"
+    __slots__ = (
+        "admission",
+        "admitted",
+        "closed",
+        "handshake_failed",
+        "handshake_refused",
+        "handshake_succeeded",
+        "limits",
+        "log",
+        "loop",
+        "opened",
+        "owner",
+        "tls_context",
+    )
 
-
-def remember_sni(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
-    """`SSLContext.sni_callback`: note the name the client sent on its session object.
-
-    A server-side `SSLObject` does not expose the client's SNI (its `server_hostname` is what
-    we passed: None); this callback is the only place it is seen.
-    """
-    setattr(obj, _SNI_ATTRIBUTE, name)
-
-
-def session_sni(obj: ssl.SSLObject) -> str | None:
-    value = getattr(obj, _SNI_ATTRIBUTE, None)
-    return value if isinstance(value, str) else None
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        log: Logger,
+        limits: Limits,
+        tls_context: Callable[[], ssl.SSLContext],
+        admission: Callable[[], str | None],
+        opened: Callable[[TunnelProtocol], None],
+        admitted: Callable[[TunnelProtocol], None],
+        closed: Callable[[TunnelProtocol], None],
+        handshake_failed: Callable[[TunnelProtocol, str], None],
+        handshake_refused: Callable[[TunnelProtocol, str], None],
+        handshake_succeeded: Callable[[TunnelProtocol], None],
+        owner: Any,
+    ) -> None:
+        self.loop = loop
+        self.log = log
+        self.limits = limits  # the handshake timeout; server.py swaps them on reload
+        self.tls_context = tls_context  # the pair for new handshakes (a reload swaps it)
+        self.admission = admission  # why a new tunnel must be refused (the 503 body), or None
+        self.opened = opened
+        self.admitted = admitted
+        self.closed = closed
+        self.handshake_failed = handshake_failed  # the TLS alert's words
+        self.handshake_refused = handshake_refused  # a metrics label: timeout, raw_tls, ...
+        self.handshake_succeeded = handshake_succeeded
+        # What the inner HTTP layer is built with (`InnerHTTP(owner, tunnel)`); opaque here.
+        self.owner = owner
 
 
 class TunnelProtocol(asyncio.Protocol):
@@ -79,31 +111,28 @@ class TunnelProtocol(asyncio.Protocol):
         "_ping_sent",
         "_read_paused",
         "_sniffed",
-        "_text_message",
         "admitted",
         "closing",
+        "ctx",
         "deadline",
-        "frames",
         "http",
         "last_rx",
         "peer",
         "server",
+        "session",
         "sni",
         "sni_host",
         "stalled_since",
-        "state",
-        "tls",
         "transport",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
+    def __init__(self, ctx: TunnelContext) -> None:
+        self.ctx = ctx
+        self.server = ctx.owner  # what InnerHTTP and the forwarder are given, as before
         self.transport: asyncio.Transport | None = None
-        # The upgrade request's parser until it is answered; then `frames` takes the stream.
+        # The upgrade request's parser until it is answered; then `session` takes the stream.
         self._head: UpgradeParser | None = UpgradeParser()
-        self.frames: FrameParser | None = None
-        self.state = CONNECTING
-        self.tls: TLSSession | None = None
+        self.session: TunnelSession | None = None
         self.http: InnerHTTP | None = None
         self.peer = "-"
         self.sni: str | None = None
@@ -111,7 +140,6 @@ class TunnelProtocol(asyncio.Protocol):
         self.closing = False
         self.admitted = False  # past the upgrade: counted against max_connections
         self._handshake_over = False  # succeeded, or its failure was already counted
-        self._text_message = False
         self._sniffed = False
         self._paused_writing = False
         self._read_paused = 0  # READ_* bits
@@ -125,6 +153,17 @@ class TunnelProtocol(asyncio.Protocol):
         self.last_rx = 0.0
         self._ping_sent: float | None = None
 
+    @property
+    def state(self) -> int:
+        """The WebSocket state: CONNECTING before the 101, then the session's."""
+        session = self.session
+        return CONNECTING if session is None else session.state
+
+    @property
+    def tls(self) -> TLSSession | None:
+        session = self.session
+        return None if session is None else session.tls
+
     # --- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,21 +172,24 @@ class TunnelProtocol(asyncio.Protocol):
         peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
         t.set_write_buffer_limits(high=HIGH_WATER)
-        self.server.tunnel_opened(self)
-        self.set_timer(self.server.limits.handshake_timeout, self._handshake_timeout)
+        self.ctx.opened(self)
+        self.set_timer(self.ctx.limits.handshake_timeout, self._handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timer()
-        if self.tls is not None and not self._handshake_over and not self.closing:
-            self._handshake_over = True
-            self.server.handshake_refused(self, "unexpected_eof")
+        session = self.session
+        if session is not None:
+            if not self._handshake_over and not self.closing:
+                self._handshake_over = True
+                self.ctx.handshake_refused(self, "unexpected_eof")
+            session.receive_eof()
         if self.http is not None:
             self.http.abort("tunnel connection lost")
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionResetError("tunnel connection lost"))
         self._drain_waiters.clear()
-        self.server.tunnel_closed(self)
+        self.ctx.closed(self)
 
     def pause_writing(self) -> None:
         """The peer is not reading what we owe it: read nothing more from it until it does.
@@ -157,7 +199,7 @@ class TunnelProtocol(asyncio.Protocol):
         `limits.write_timeout` is dropped by the server's sweep (`check_stalled`).
         """
         self._paused_writing = True
-        self.stalled_since = self.server.loop.time()
+        self.stalled_since = self.ctx.loop.time()
         self.pause_reading(READ_BACKLOG)
 
     def resume_writing(self) -> None:
@@ -192,7 +234,7 @@ class TunnelProtocol(asyncio.Protocol):
     def check_stalled(self, now: float, timeout: float) -> None:
         """Called by the server's sweep: drop a peer that has taken nothing for `timeout`."""
         if now - self.stalled_since >= timeout:
-            self.server.log.info("tunnel peer stopped reading, closing", peer=self.peer)
+            self.ctx.log.info("tunnel peer stopped reading, closing", peer=self.peer)
             if self.http is not None:
                 self.http.abort("write timeout")
             self.abort()
@@ -209,26 +251,23 @@ class TunnelProtocol(asyncio.Protocol):
             callback()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.server.loop.time()
+        self.last_rx = self.ctx.loop.time()
         self._ping_sent = None  # anything from the peer shows it is alive
-        frames = self.frames
-        if frames is None:
+        session = self.session
+        if session is None:
             self._handshake_data(data)
             return
-        try:
-            received = frames.feed(data)
-        except FrameError as exc:
-            self._frame_error(exc)
-            return
-        tls, http = self.tls, self.http
-        handshaking = tls is not None and not tls.handshake_done
-        for frame in received:
-            self._frame(frame)
-        if handshaking and tls is not None and tls.handshake_done and http is not None and http.exchanges:
-            # The client's Finished came with its first request: the session ticket waits for
-            # the answer (or a close) and goes out in the same write, one fewer per tunnel.
-            return
-        self._flush_tls()  # what this read's frames made TLS say, in one write
+        plaintext = session.receive(data)
+        if session.events:
+            if self._events(session, session.events_received()):
+                return  # the ticket waits for the first answer (see `_events`)
+        elif plaintext:
+            http = self.http
+            if http is not None:
+                http.feed(plaintext)
+        self._write(session.data_to_send())  # what this read made the session say, in one write
+        if session.state == CLOSED:
+            self._close_transport()
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost aborts what is in flight
@@ -240,13 +279,14 @@ class TunnelProtocol(asyncio.Protocol):
         head = self._head
         if head is None:
             return  # answered already; the connection is closing
+        ctx = self.ctx
         if not self._sniffed:
             self._sniffed = True
             if data[:1] == b"\x16":
                 self._head = None
                 self._handshake_over = True
-                self.server.handshake_refused(self, "raw_tls")
-                self.server.log.warn(
+                ctx.handshake_refused(self, "raw_tls")
+                ctx.log.warn(
                     "tls handshake on the WebSocket listener: the listener is plain WebSocket, "
                     "TLS belongs inside it (curl https://... to this port is expected to fail)",
                     peer=self.peer,
@@ -272,31 +312,30 @@ class TunnelProtocol(asyncio.Protocol):
         except UpgradeRefused as refused:
             self._refuse(refused)
             return
-        refusal = self.server.admission()
+        refusal = ctx.admission()
         if refusal:
             self._answer(refusal_response(503, refusal + "\n"))
-            self.server.log.warn("tunnel connection refused", peer=self.peer, reason=refusal)
+            ctx.log.warn("tunnel connection refused", peer=self.peer, reason=refusal)
             return
         if self.transport is not None:
             self.transport.write(response)
-        self.state = OPEN
-        self.frames = FrameParser(masked=True, max_message=MAX_MESSAGE)
-        self.tls = TLSSession(self.server.tls_context(), server_side=True)
+        tls = TLSSession(ctx.tls_context(), server_side=True)
+        self.session = TunnelSession(tls, server_side=True, max_message=MAX_MESSAGE)
         self.http = InnerHTTP(self.server, self)
-        self.server.tunnel_admitted(self)
-        self.server.log.debug("tunnel connection opened", peer=self.peer)
+        ctx.admitted(self)
+        ctx.log.debug("tunnel connection opened", peer=self.peer)
         if rest:  # a client that did not wait for the 101
             self.data_received(rest)
 
     def _refuse(self, refused: UpgradeRefused) -> None:
         self._answer(refused.response)
         if refused.not_websocket:
-            self.server.handshake_refused(self, "not_websocket")
+            self.ctx.handshake_refused(self, "not_websocket")
             if not refused.quiet:
-                self.server.log.info("non-websocket request on tunnel listener", peer=self.peer)
+                self.ctx.log.info("non-websocket request on tunnel listener", peer=self.peer)
         else:
-            self.server.handshake_refused(self, "websocket")
-            self.server.log.info("websocket handshake refused", peer=self.peer, status=refused.status)
+            self.ctx.handshake_refused(self, "websocket")
+            self.ctx.log.info("websocket handshake refused", peer=self.peer, status=refused.status)
 
     def _answer(self, response: bytes) -> None:
         """Send a refusal and close: there is no WebSocket on this connection."""
@@ -307,141 +346,96 @@ class TunnelProtocol(asyncio.Protocol):
             transport.write(response)
             transport.close()
 
-    # --- frames ------------------------------------------------------------------------
+    # --- what the session reports --------------------------------------------------------
 
-    def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode == BINARY or (opcode == CONT and not self._text_message):
-            self._ciphertext(frame.payload)
-        elif opcode in (TEXT, CONT):
-            self._text_message = not frame.fin
-            if self.state == OPEN:
-                self.server.log.info("text message on tunnel, closing", peer=self.peer)
-                if self.http is not None:
-                    self.http.abort("text message on tunnel")
-                self._close_ws(UNSUPPORTED_DATA, "binary messages only")
-        elif opcode == PING:
-            if self.state == OPEN:
-                self._send_frame(PONG, frame.payload)
-        elif opcode == CLOSE:
-            self._peer_close(frame.payload)
+    def _events(self, session: TunnelSession, events: list[Event]) -> bool:
+        """Act on a read's events in order; True when its output is to be held back."""
+        http = self.http
+        assert http is not None
+        log, peer = self.ctx.log, self.peer
+        hold = False
+        for event in events:
+            if isinstance(event, Plaintext):
+                http.feed(event.data)
+            elif isinstance(event, HandshakeDone):
+                self.cancel_timer()
+                self._handshake_over = True
+                self.sni = sni = event.sni
+                self.sni_host = normalize_host(sni) if sni else None
+                self.ctx.handshake_succeeded(self)
+                http.start()
+                hold = True
+            elif isinstance(event, TLSClosed):
+                http.peer_closed()
+            elif isinstance(event, PeerClosed):
+                if not event.clean:
+                    # A WebSocket that closes without close_notify aborts what is in flight.
+                    http.abort("websocket closed without close_notify")
+            elif isinstance(event, HandshakeFailed):
+                self._handshake_over = True
+                self.ctx.handshake_failed(self, event.reason)
+            elif isinstance(event, StreamError):
+                log.info("tls stream error", peer=peer, error=event.error)
+                http.abort("tls stream error")
+            elif isinstance(event, TextRefused):
+                log.info("text message on tunnel, closing", peer=peer)
+                http.abort("text message on tunnel")
+            elif isinstance(event, FrameRefused):
+                log.info("websocket protocol error, closing", peer=peer, error=event.reason)
+                http.abort("websocket protocol error")
+        self._session_moved(session)
+        # The client's Finished came with its first request: the session ticket waits for the
+        # answer (or a close) and goes out in the same write, one fewer per tunnel.
+        return hold and session.state == OPEN and bool(http.exchanges)
 
-    def _peer_close(self, payload: bytes) -> None:
-        """The peer's close frame: answer it (unless we closed first), then end the TCP side."""
-        try:
-            code, reason = parse_close(payload)
-        except FrameError as exc:
-            self._frame_error(exc)
-            return
-        if self.http is not None and not (self.tls and self.tls.closed_by_peer):
-            # A WebSocket that closes without close_notify aborts what is in flight.
-            self.http.abort("websocket closed without close_notify")
-        if self.state == OPEN:
-            self._send_frame(CLOSE, b"" if code == NO_STATUS_RCVD else close_payload(code, reason))
-        self.state = CLOSED
-        self.closing = True
-        self._close_transport()
-
-    def _frame_error(self, exc: FrameError) -> None:
-        """The peer broke the framing rules: close with the code that says which (1002, 1009)."""
-        self.server.log.info("websocket protocol error, closing", peer=self.peer, error=exc.reason)
-        if self.http is not None:
-            self.http.abort("websocket protocol error")
-        if self.state == OPEN:
-            self._send_frame(CLOSE, close_payload(exc.code, exc.reason))
-        self.state = CLOSED
-        self.closing = True
-        self.frames = None
-        self._close_transport()
-
-    def _ciphertext(self, data: bytes) -> None:
-        tls, http = self.tls, self.http
-        if tls is None or http is None or self.closing:
-            return
-        handshaking = not tls.handshake_done
-        try:
-            plaintext = tls.receive(data)
-        except TLSHandshakeError as failed:
-            self._handshake_over = True
-            self.server.handshake_failed(self, failed.reason)
-            self._close_ws(NORMAL_CLOSURE, "tls handshake failed")  # after the alert we generated
-            return
-        except Exception as exc:  # a corrupt record after the handshake (ssl.SSLError)
-            # A name of its own: compiled, one name in two except clauses keeps the first's type.
-            self.server.log.info("tls stream error", peer=self.peer, error=str(exc))
-            http.abort("tls stream error")
-            self._close_ws(PROTOCOL_ERROR, "tls error")
-            return
-        if handshaking and tls.handshake_done:
-            self.cancel_timer()
-            self._handshake_over = True
-            self.sni = sni = session_sni(tls.ssl_object)
-            self.sni_host = normalize_host(sni) if sni else None
-            self.server.handshake_succeeded(self)
-            http.start()
-        if plaintext:
-            http.feed(plaintext)
-        if tls.closed_by_peer:
-            http.peer_closed()
+    def _session_moved(self, session: TunnelSession) -> None:
+        """After the session changed state: our close was sent, so the close wait starts."""
+        if session.state != OPEN and not self.closing:
+            self.closing = True
+            if session.state == CLOSE_SENT:
+                self._close_wait()
 
     # --- sending -----------------------------------------------------------------------
 
     def send_plain(self, data: bytes) -> None:
         """Encrypt and frame plaintext for the peer, at once."""
-        tls = self.tls
-        if tls is None or self.closing or self.transport is None or self.transport.is_closing():
+        session, transport = self.session, self.transport
+        if session is None or self.closing or transport is None or transport.is_closing():
             return
-        tls.send(data)
-        self._flush_tls()
+        out = session.send_plain(data)
+        if out:
+            transport.write(out)
 
-    def _flush_tls(self, then: bytes = b"") -> None:
-        """Write what TLS has queued, framed, and `then` (a frame of ours) after it in the same write."""
-        tls, transport = self.tls, self.transport
-        if transport is None or self.state != OPEN or transport.is_closing():
-            return
-        out = tls.outgoing() if tls is not None else b""
-        if len(out) <= MAX_OUT_MESSAGE:
-            if out:
-                transport.write(frame_header(BINARY, len(out)) + out + then)
-            elif then:
-                transport.write(then)
-            return
-        pieces: list[bytes] = []
-        for i in range(0, len(out), MAX_OUT_MESSAGE):
-            piece = out[i : i + MAX_OUT_MESSAGE]
-            pieces += (frame_header(BINARY, len(piece)), piece)
-        if then:
-            pieces.append(then)
-        transport.writelines(pieces)
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame_header(opcode, len(payload)) + payload)
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def _close_transport(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.close()  # after what is buffered has been written
 
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called periodically by the server: ping a quiet tunnel, drop one that never answers."""
-        if self.state != OPEN or self.closing:
+        session = self.session
+        if session is None or session.state != OPEN or self.closing:
             return
         if self._ping_sent is not None:
             if now - self._ping_sent >= timeout:
-                self.server.log.info("tunnel peer stopped answering pings, closing", peer=self.peer)
+                self.ctx.log.info("tunnel peer stopped answering pings, closing", peer=self.peer)
                 if self.http is not None:
                     self.http.abort("ping timeout")
                 self._abort_transport()
         elif now - self.last_rx >= interval:
             self._ping_sent = now
-            self._send_frame(PING, b"mcp-tunnel")
+            self._write(session.ping(b"mcp-tunnel"))
 
     async def drain(self) -> None:
         """Wait until the peer has taken enough of what we sent (backpressure)."""
         if not self._paused_writing:
             return
-        waiter: asyncio.Future[None] = self.server.loop.create_future()
+        waiter: asyncio.Future[None] = self.ctx.loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
 
@@ -451,37 +445,44 @@ class TunnelProtocol(asyncio.Protocol):
         """TLS close_notify first, then WebSocket close 1000 (SPEC §2)."""
         if self.closing:
             return
-        if self.tls is not None and self.tls.handshake_done:
-            self.tls.close()  # queued: `_close_ws` writes it with the close frame
-        self._close_ws(NORMAL_CLOSURE, "")
+        session = self.session
+        if session is None:
+            self._close_before_upgrade()
+            return
+        session.close_gracefully()
+        self._closed_by_us(session)
 
     def close_abruptly(self) -> None:
         """End the inner connection without close_notify so the client sees a truncation."""
-        self._close_ws(INTERNAL_ERROR, "upstream failed")
-
-    def _close_ws(self, code: int, reason: str) -> None:
         if self.closing:
             return
-        self.closing = True
-        if self.state == CONNECTING:
-            # No upgrade yet (draining): there is no WebSocket to close, only the socket.
-            self._close_transport()
+        session = self.session
+        if session is None:
+            self._close_before_upgrade()
             return
-        if self.state == OPEN:
-            # Whatever TLS has queued (a close_notify, an alert, a held ticket) goes first, in
-            # the same write.
-            payload = close_payload(code, reason)
-            self._flush_tls(frame_header(CLOSE, len(payload)) + payload)
-            self.state = CLOSE_SENT
+        session.close_abruptly()
+        self._closed_by_us(session)
+
+    def _closed_by_us(self, session: TunnelSession) -> None:
+        self.closing = True
+        # What TLS had queued (a close_notify, a held ticket) and the close frame, in one write.
+        self._write(session.data_to_send())
+        self._close_wait()
+
+    def _close_before_upgrade(self) -> None:
+        """No upgrade yet (draining): there is no WebSocket to close, only the socket."""
+        self._close_transport()
+
+    def _close_wait(self) -> None:
         # The peer should answer our close; do not wait for it forever.
-        self.deadline = self.server.loop.time() + CLOSE_WAIT_SECONDS
+        self.deadline = self.ctx.loop.time() + CLOSE_WAIT_SECONDS
         self._deadline_cb = self._abort_transport
 
     def _handshake_timeout(self) -> None:
         self._handshake_over = True
-        self.server.handshake_refused(self, "timeout")
-        stage = "websocket upgrade" if self.tls is None else "tls"
-        self.server.log.info("tunnel handshake timed out", peer=self.peer, stage=stage)
+        self.ctx.handshake_refused(self, "timeout")
+        stage = "websocket upgrade" if self.session is None else "tls"
+        self.ctx.log.info("tunnel handshake timed out", peer=self.peer, stage=stage)
         self._abort_transport()
 
     def abort(self) -> None:
@@ -501,7 +502,7 @@ class TunnelProtocol(asyncio.Protocol):
         if self.closing:
             return  # the close deadline stays: a closing connection must not wait on idle again
         if delay > 0:
-            self.deadline = self.server.loop.time() + delay
+            self.deadline = self.ctx.loop.time() + delay
             self._deadline_cb = callback
         else:
             self.deadline = 0.0

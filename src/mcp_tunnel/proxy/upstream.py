@@ -336,7 +336,7 @@ class Connector:
             except TimeoutError:
                 last_error = UpstreamTimeout(f"connect to {route.upstream} timed out")
                 continue
-            except ssl.SSLError as tls_failed:  # its own name: see TunnelProtocol._ciphertext
+            except ssl.SSLError as tls_failed:  # its own name: see TunnelSession.receive
                 self.log.warn(
                     "upstream tls failed", route=route.key, upstream=route.upstream, error=str(tls_failed)
                 )
