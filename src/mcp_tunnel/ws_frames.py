@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
+from mcp_tunnel.errors import FrameError as FrameError
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - the pure-Python fallback websockets ships
@@ -39,15 +41,6 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
-
-
-class FrameError(Exception):
-    """The peer broke the framing rules; `code` is the close code to answer with."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class Frame(NamedTuple):
