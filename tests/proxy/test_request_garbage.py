@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mcp_tunnel.http_rules import RequestHead
 from mcp_tunnel.proxy.forward import ResponseRelay
-from mcp_tunnel.proxy.http_server import BodyStream, Exchange
+from mcp_tunnel.proxy.exchange import BodyStream, Exchange
 from support.garbage import cyclic_garbage
 from support.pki import PKI
 from support.proxy import start_proxy

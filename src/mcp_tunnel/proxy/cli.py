@@ -17,8 +17,8 @@ from mcp_tunnel.cli import add_debug_flag
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mcp_tunnel.errors import CertificateError, ConfigError
 from mcp_tunnel.logs import Logger, buffered_stderr
-from mcp_tunnel.proxy.reload import ConfigReloader
-from mcp_tunnel.proxy.server import ProxyServer, load_certificates
+from mcp_tunnel.proxy.reload import ConfigReloader, ReloadTarget
+from mcp_tunnel.proxy.server import ProxyServer, load_certificates, load_certificates_from
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +80,14 @@ async def serve(
     SIGHUP reloads the config (so does a change of the file, polled by `ConfigReloader`).
     """
     server = ProxyServer(config, log, watcher=watcher)
-    reloader = ConfigReloader(server, config.path, tunnel_domain=tunnel_domain)
+    target = ReloadTarget(
+        log=log,
+        metrics=server.metrics,
+        current=lambda: server.config,
+        apply=lambda new, pair: server.apply(new, watcher=pair),
+        load_pair=lambda cert, key: load_certificates_from(cert, key, log),
+    )
+    reloader = ConfigReloader(target, config.path, tunnel_domain=tunnel_domain)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0

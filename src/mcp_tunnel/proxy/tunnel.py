@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from mcp_tunnel.proxy.exchange import Tunnel
 from mcp_tunnel.proxy.flow import HIGH_WATER, MAX_MESSAGE, READ_BACKLOG
 from mcp_tunnel.proxy.http_server import InnerHTTP
 from mcp_tunnel.routing import normalize_host
@@ -66,7 +67,7 @@ def session_sni(obj: ssl.SSLObject) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class TunnelProtocol(asyncio.Protocol):
+class TunnelProtocol(asyncio.Protocol, Tunnel):
     """The proxy end of one WebSocket from cloudflared."""
 
     __slots__ = (
@@ -282,7 +283,7 @@ class TunnelProtocol(asyncio.Protocol):
         self.state = OPEN
         self.frames = FrameParser(masked=True, max_message=MAX_MESSAGE)
         self.tls = TLSSession(self.server.tls_context(), server_side=True)
-        self.http = InnerHTTP(self.server, self)
+        self.http = InnerHTTP(self.server.http_context, self)
         self.server.tunnel_admitted(self)
         self.server.log.debug("tunnel connection opened", peer=self.peer)
         if rest:  # a client that did not wait for the 101
