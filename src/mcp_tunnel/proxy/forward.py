@@ -379,9 +379,9 @@ class ResponseRelay:
                 self.done.set_result(self.keep_alive and self.method != "HEAD")
         elif not tunnel.writable:
             # The tunnel's peer is slow: stop reading the upstream until it catches up.
-            transport = self.conn.transport
-            transport.pause_reading()
-            tunnel.when_writable(transport.resume_reading)
+            conn = self.conn
+            conn.pause_reading()
+            tunnel.when_writable(conn.resume_reading)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.done.done():

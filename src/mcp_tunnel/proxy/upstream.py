@@ -191,6 +191,13 @@ class UpstreamConnection:
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        """Read nothing more from the upstream until `resume_reading` (the tunnel's peer is slow)."""
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
     def close(self) -> None:
         self.protocol.sink = None
         self.transport.close()
