@@ -112,6 +112,11 @@ class ForwardContext:
         self.mcp = mcp
         self.oauth = oauth
 
+    def keeps_alive(self, ex: Exchange) -> bool:
+        """Whether the tunnel's connection stays open after `ex`'s answer, for every answer the
+        proxy writes: not when the request or an error asked to close it, nor while draining."""
+        return not ex.close_after and not self.draining
+
     def sni_mismatch(self, tunnel: Tunnel, host: str) -> None:
         self.metrics.sni_mismatch()
         if self.log.debug_enabled:
@@ -244,8 +249,8 @@ class ResponseRelay:
             return
         ex = self.ex
         self.keep_alive = bool(self.parser.should_keep_alive())
-        if self.ctx.draining:
-            ex.close_after = True  # tell the client this connection ends with this response
+        # Tell the client when this connection ends with this response (draining, a close asked).
+        ex.close_after = not self.ctx.keeps_alive(ex)
         oauth = self.oauth
         hold = oauth is not None and oauth.head(status, self.headers)  # the document waits whole
         mcp = self.mcp
@@ -616,7 +621,7 @@ class Forwarder:
         if answer is None:
             return False
         self._log_started(ex)
-        keep = not ex.close_after and not self.ctx.draining
+        keep = self.ctx.keeps_alive(ex)
         ex.close_after = not keep
         ex.status = 200
         ex.response_started = True
@@ -646,8 +651,9 @@ class Forwarder:
             if ex.response_started:
                 tunnel.close_abruptly()
             else:
-                keep = not ex.close_after and ex.body.done and not ex.body.failed and not ctx.draining
-                ex.close_after = ex.close_after or not keep
+                # A body not read whole leaves the connection's next bytes unknown: it closes.
+                keep = ctx.keeps_alive(ex) and ex.body.done and not ex.body.failed
+                ex.close_after = not keep
                 head_request = ex.head is not None and ex.head.method == "HEAD"
                 data = error_response(exc, keep_alive=keep, head_request=head_request)
                 ex.response_bytes = len(data)
