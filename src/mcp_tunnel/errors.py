@@ -26,8 +26,8 @@ which layer failed; setup errors what an operator needs to act.
     │   ├── UpstreamProtocolError  502
     │   └── UpstreamTimeout        504
     ├── BodyAborted                the tunnel went while a request body arrived: nobody to answer
-    ├── UpgradeRefused             the WebSocket upgrade refused (400, 426, 503 when draining or
-    │                              full): `response` is the whole answer
+    ├── UpgradeRefused             the WebSocket upgrade refused (400, 426): `response` is the
+    │                              whole answer
     ├── FrameError                 the peer broke the WebSocket framing rules: `code` to close with
     ├── TLSHandshakeError          the inner TLS handshake failed: `reason` is the alert's words
     ├── TunnelClientError          the client side; `stage` says which layer failed
@@ -35,6 +35,10 @@ which layer failed; setup errors what an operator needs to act.
         ├── NetworkError           no HTTP answer; `sent` says whether a retry is safe
         ├── APIError               an API's error answer: status, type, message, request id, cause
         └── AmbiguousResult        a non-idempotent call whose outcome is unknown
+
+There is no 503 `ProxyError`: the proxy answers 503 only to an upgrade it does not admit
+(draining, over `max_connections`), with the upgrade's refusal writer
+(`ws_handshake.refusal_response`), before any inner request exists.
 
 Not in the tree, on purpose: `envref.EnvRefError` is a ValueError and `proxy.dns.LookupsBusy` an
 OSError, caught as such by code that handles those built-in families; and the private control
