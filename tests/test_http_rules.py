@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_tunnel.errors import BadRequest, VersionNotSupported
+from mcp_tunnel.errors import BadRequest, NoRoute, VersionNotSupported
 from mcp_tunnel.http_rules import (
     Headers,
     RequestHead,
     downstream_response_head,
+    error_response,
     upstream_request_head,
     validate_request,
 )
+from mcp_tunnel.mcp_policy import json_answer
 
 HOST = (b"host", b"Echo.Tunnel.Test:443")
 CL, TE = b"content-length", b"transfer-encoding"
@@ -196,4 +198,39 @@ def test_downstream_response_framing() -> None:
         assert (framing.chunked, framing.has_body) == (False, False)
     assert downstream_response_head(599, b"", [], request_method="HEAD", keep_alive=True).head == (
         b"HTTP/1.1 599 Unknown\r\n\r\n"
+    )
+
+
+def test_interim_answers_are_filtered_like_final_ones() -> None:
+    """One writer for every status line: a 1xx loses its hop-by-hop headers (and those its
+    Connection header names) like a final answer, and carries no framing or Connection: close."""
+    headers = [
+        (b"link", b"</a.css>; rel=preload"),
+        (b"connection", b"x-private"),
+        (b"x-private", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"content-length", b"0"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+    framing = downstream_response_head(103, b"", headers, request_method="GET", keep_alive=False)
+    assert framing.head == b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
+    assert (framing.chunked, framing.has_body) == (False, False)
+    assert downstream_response_head(100, b"Continue", [], request_method="POST", keep_alive=True).head == (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+
+
+def test_the_proxys_own_answers_come_from_the_same_writer() -> None:
+    """Error and MCP answers: byte for byte what clients and tests have always seen."""
+    assert error_response(NoRoute(), keep_alive=True) == (
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n"
+        b"\r\nNo route configured for host\n"
+    )
+    assert error_response(NoRoute(), keep_alive=False, head_request=True) == (
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    assert json_answer(b"{}", keep_alive=False) == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}"
     )

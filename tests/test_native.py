@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,15 @@ from mcp_tunnel.native import MODULES, compiled_modules, source_path, stale_modu
 from support.builds import build_env, built_in_place
 
 SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def test_the_architecture_doc_lists_the_compiled_modules() -> None:
+    """Which modules mypyc compiles is written in docs/architecture.md, and stays true."""
+    text = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    found = re.search(r"\(`native\.MODULES`:(.*?); nothing else is compiled\)", text, re.S)
+    assert found is not None, "docs/architecture.md no longer lists native.MODULES"
+    listed = [name.strip().strip("`") for name in found.group(1).split(",")]
+    assert listed == [name.removeprefix("mcp_tunnel.") for name in MODULES]
 
 
 def test_every_listed_module_is_a_source_file() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import shutil
 import signal
@@ -26,12 +25,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mcp_tunnel.cli import add_debug_flag
-from mcp_tunnel.errors import UsageError
-
-# The demo and the sample server need the `demo` extra (pyproject.toml): the official MCP Python
-# SDK and what they import from its dependencies. The proxy and every other command do without.
-DEMO_EXTRA = "mcp-tunnel[demo]"
-DEMO_MODULES = ("mcp", "httpx2", "uvicorn", "starlette")
+from mcp_tunnel.sample_server import DEMO_EXTRA as DEMO_EXTRA
+from mcp_tunnel.sample_server import DEMO_MODULES as DEMO_MODULES
+from mcp_tunnel.sample_server import require_demo_extra
 
 DOMAIN = "demo.mcp-tunnel.test"
 ROUTE = "echo"
@@ -87,15 +83,6 @@ def _bound_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def require_demo_extra(what: str = "the demo") -> None:
-    """One line and exit 2 (UsageError) when the `demo` extra is not installed."""
-    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        absent = ", ".join(missing)
-        install = f"pip install '{DEMO_EXTRA}'"
-        raise UsageError(f"{what} needs the MCP Python SDK ({absent} not installed): {install}")
 
 
 def main(argv: list[str]) -> int:

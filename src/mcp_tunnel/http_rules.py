@@ -263,7 +263,14 @@ def downstream_response_head(
     request_method: str,
     keep_alive: bool,
 ) -> ResponseFraming:
-    """Serialise the upstream's response for the tunnel client, hop-by-hop headers removed."""
+    """Serialise a response head for the tunnel client: the one writer of every status line the
+    proxy sends there (an upstream's final and 1xx answers, its own errors, an MCP answer).
+
+    Hop-by-hop headers are removed (with those the Connection header names) and the framing is
+    the proxy's own. A 1xx interim answer is filtered the same way and carries no framing and no
+    `Connection: close`: the connection's fate is the final answer's to say. `headers` are
+    matched with lowercased names; a name the proxy writes itself may keep its capitals.
+    """
     length: bytes | None = None  # the first Content-Length
     is_chunked_upstream = False
     connection: list[bytes] = []
@@ -277,9 +284,13 @@ def downstream_response_head(
             else:
                 connection.append(value)
     drop = _dropped(_STRIP_RESPONSE, connection) if connection else _STRIP_RESPONSE
-    has_body = not (request_method == "HEAD" or status in NO_BODY_STATUSES or 100 <= status < 200)
+    interim = status < 200
+    has_body = not (interim or request_method == "HEAD" or status in NO_BODY_STATUSES)
     chunked = False
-    if length is not None and not is_chunked_upstream:
+    if interim:
+        framing = b""
+        keep_alive = True
+    elif length is not None and not is_chunked_upstream:
         framing = b"Content-Length: " + length.strip() + b"\r\n"
     elif has_body:
         chunked = True
@@ -311,14 +322,14 @@ def error_response(error: ProxyError, *, keep_alive: bool, head_request: bool = 
     read as the start of the next response.
     """
     body = error.body.encode() + b"\n"
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
-        error.status,
-        _phrase(error.status),
-        len(body),
-    )
-    if not keep_alive:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + (b"" if head_request else body)
+    head = whole_response_head(error.status, b"text/plain; charset=utf-8", len(body), keep_alive=keep_alive)
+    return head if head_request else head + body
+
+
+def whole_response_head(status: int, content_type: bytes, length: int, *, keep_alive: bool) -> bytes:
+    """The head of an answer the proxy makes whole itself (`downstream_response_head`'s)."""
+    headers = [(b"Content-Type", content_type), (b"content-length", b"%d" % length)]
+    return downstream_response_head(status, b"", headers, request_method="GET", keep_alive=keep_alive).head
 
 
 # --- what a body is, for the modules that read one (mcp_policy, oauth_rewrite) ------------------

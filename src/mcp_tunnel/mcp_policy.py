@@ -32,6 +32,7 @@ from mcp_tunnel.http_rules import (
     is_json_media,
     json_body,
     media_type,
+    whole_response_head,
     with_length,
 )
 
@@ -227,10 +228,7 @@ def denial(messages: list[Message], batch: bool, policy: ToolPolicy) -> bytes | 
 
 def json_answer(body: bytes, *, keep_alive: bool) -> bytes:
     """A whole HTTP 200 answer holding the JSON `body`."""
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
-    if not keep_alive:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+    return whole_response_head(200, b"application/json", len(body), keep_alive=keep_alive) + body
 
 
 # --- tools/list answers -------------------------------------------------------------------------

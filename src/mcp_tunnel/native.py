@@ -22,6 +22,7 @@ MODULES = (
     "mcp_tunnel.routing",
     "mcp_tunnel.mcp_policy",
     "mcp_tunnel.proxy.flow",
+    "mcp_tunnel.proxy.exchange",
     "mcp_tunnel.proxy.tunnel",
     "mcp_tunnel.proxy.http_server",
     "mcp_tunnel.proxy.forward",

@@ -9,8 +9,11 @@ is used, so without it `python -m mcp_tunnel.sample_server` says so in one line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import TYPE_CHECKING
+
+from mcp_tunnel.errors import UsageError
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -47,11 +50,23 @@ def build_app(*, json_response: bool = False, allowed_hosts: list[str] | None = 
     return build_server().streamable_http_app(json_response=json_response, transport_security=security)
 
 
+# The demo and the sample server need the `demo` extra (pyproject.toml): the official MCP Python
+# SDK and what they import from its dependencies. The proxy and every other command do without.
+DEMO_EXTRA = "mcp-tunnel[demo]"
+DEMO_MODULES = ("mcp", "httpx2", "uvicorn", "starlette")
+
+
+def require_demo_extra(what: str = "the demo") -> None:
+    """One line and exit 2 (UsageError) when the `demo` extra is not installed."""
+    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        absent = ", ".join(missing)
+        install = f"pip install '{DEMO_EXTRA}'"
+        raise UsageError(f"{what} needs the MCP Python SDK ({absent} not installed): {install}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m mcp_tunnel.sample_server --port 9000`: for Compose and manual trials."""
-    from mcp_tunnel.demo import require_demo_extra
-    from mcp_tunnel.errors import UsageError
-
     p = argparse.ArgumentParser(prog="python -m mcp_tunnel.sample_server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)

@@ -11,6 +11,7 @@ import contextlib
 import ssl
 
 from mcp_tunnel.certs.reload import tls_alert_reason
+from mcp_tunnel.errors import TLSHandshakeError as TLSHandshakeError
 
 ALPN = ["http/1.1"]
 
@@ -27,14 +28,6 @@ def make_server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx.num_tickets = 1
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
-
-
-class TLSHandshakeError(Exception):
-    """The inner handshake failed; `reason` is the words operators grep for."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class TLSSession:

@@ -1,12 +1,13 @@
 """WebSocket frames after the handshake (RFC 6455 §5), sans-I/O, for a binary-only byte pipe.
 
-websockets does the opening handshake; this module takes over once the 101 is sent. A tunnel
-only ever carries one TLS byte stream in binary messages, so it needs no message assembly, no
-extensions and no text decoding: each data frame's payload is handed on as it arrives. Doing
-that here instead of through websockets' general frame parser (a generator over a stream
-reader, an event object per frame) measured ~5 us less per request and ~1.2 KB less per idle
-tunnel (docs/performance.md). Masking uses websockets' C `apply_mask`; the framing rules are
-checked against websockets' own `Frame` in tests/test_ws_frames.py.
+`ws_handshake` answers the opening handshake on the proxy's side (websockets' sans-I/O
+`ClientProtocol` still makes it on the tunnel client's); this module takes over once the 101 is
+sent. A tunnel only ever carries one TLS byte stream in binary messages, so it needs no message
+assembly, no extensions and no text decoding: each data frame's payload is handed on as it
+arrives. Doing that here instead of through websockets' general frame parser (a generator over
+a stream reader, an event object per frame) measured ~5 us less per request and ~1.2 KB less
+per idle tunnel (docs/performance.md). Masking uses websockets' C `apply_mask`; the framing
+rules are checked against websockets' own `Frame` in tests/test_ws_frames.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import struct
 from typing import NamedTuple
 
 from websockets.frames import EXTERNAL_CLOSE_CODES
+
+from mcp_tunnel.errors import FrameError as FrameError
 
 try:
     from websockets.speedups import apply_mask
@@ -39,15 +42,6 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
-
-
-class FrameError(Exception):
-    """The peer broke the framing rules; `code` is the close code to answer with."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class Frame(NamedTuple):

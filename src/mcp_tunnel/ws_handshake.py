@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import httptools
 from websockets.utils import accept_key
 
+from mcp_tunnel.errors import UpgradeRefused as UpgradeRefused
+
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers of an upgrade request
 MAX_HEADERS = 128
 
@@ -29,28 +31,17 @@ NOT_A_TUNNEL = (
 _REASONS = {400: "Bad Request", 426: "Upgrade Required", 503: "Service Unavailable"}
 
 
-class UpgradeRefused(Exception):
-    """Not an acceptable WebSocket upgrade; `response` is the complete answer to send.
-
-    `not_websocket` tells a request that is not a WebSocket upgrade at all (plain HTTP,
-    garbage) from a WebSocket upgrade that breaks the handshake rules; `quiet` marks the
-    requests websockets could not parse at all, which are answered without a log line.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        body: str,
-        *,
-        not_websocket: bool = False,
-        quiet: bool = False,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        super().__init__(body.strip())
-        self.status = status
-        self.not_websocket = not_websocket
-        self.quiet = quiet
-        self.response = refusal_response(status, body, headers)
+def refused(
+    status: int,
+    body: str,
+    *,
+    not_websocket: bool = False,
+    quiet: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> UpgradeRefused:
+    """The refusal of an upgrade request, with the whole answer it gets (`UpgradeRefused`)."""
+    response = refusal_response(status, body, headers)
+    return UpgradeRefused(status, body.strip(), response=response, not_websocket=not_websocket, quiet=quiet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +86,7 @@ class UpgradeParser:
             offset = int(upgrade.args[0]) if upgrade.args else len(data)
             rest = data[offset:]
         except httptools.HttpParserError:
-            raise UpgradeRefused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True) from None
+            raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True) from None
         if not self._complete:
             return None
         parser = self._parser
@@ -125,13 +116,13 @@ class UpgradeParser:
 def check_upgrade(request: UpgradeRequest) -> None:
     """Refuse what websockets' server would: plain HTTP first, then a broken WebSocket upgrade."""
     if request.method != "GET" or request.http_version != "1.1":
-        raise UpgradeRefused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True)
+        raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True)
     if request.values(b"content-length") or request.values(b"transfer-encoding"):
-        raise UpgradeRefused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True)
+        raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True)
     upgrade = _tokens(request.values(b"upgrade"))
     if [t.lower() for t in upgrade] != ["websocket"]:
         if not upgrade or all(t.lower() != "websocket" for t in upgrade):
-            raise UpgradeRefused(400, NOT_A_TUNNEL, not_websocket=True)
+            raise refused(400, NOT_A_TUNNEL, not_websocket=True)
         raise _upgrade_required(f"invalid Upgrade header: {', '.join(upgrade)}")
     if not any(t.lower() == "upgrade" for t in _tokens(request.values(b"connection"))):
         raise _upgrade_required("invalid Connection header")
@@ -155,7 +146,7 @@ def accept(request: UpgradeRequest) -> bytes:
             "missing Sec-WebSocket-Version" if not versions else "more than one Sec-WebSocket-Version"
         )
     if versions[0].strip() != b"13":
-        raise UpgradeRefused(
+        raise refused(
             426,
             "Failed to open a WebSocket connection: unsupported Sec-WebSocket-Version.\n",
             headers=(("Sec-WebSocket-Version", "13"),),
@@ -171,11 +162,11 @@ def _tokens(values: list[bytes]) -> list[str]:
 
 
 def _bad_handshake(why: str) -> UpgradeRefused:
-    return UpgradeRefused(400, f"Failed to open a WebSocket connection: {why}.\n")
+    return refused(400, f"Failed to open a WebSocket connection: {why}.\n")
 
 
 def _upgrade_required(why: str) -> UpgradeRefused:
-    return UpgradeRefused(
+    return refused(
         426,
         f"Failed to open a WebSocket connection: {why}.\n\n"
         "You cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n",

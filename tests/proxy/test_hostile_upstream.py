@@ -219,3 +219,28 @@ async def test_the_same_hostile_answers_pipelined(hostile: StartProxy, upstreams
     await follow_up(tunnel, UP, "/after-same-tunnel", ["GET"] * 3)
     await tunnel.aclose()
     await proxy.finish()
+
+
+async def test_an_interim_answer_is_filtered_like_a_final_one(
+    hostile: StartProxy, upstreams: MakeUpstream
+) -> None:
+    """A 1xx goes through the one response writer: hop-by-hop headers, and those its Connection
+    header names, never reach the client (issue #22)."""
+
+    async def answer(req: Received, conn: UpstreamConn) -> None:
+        conn.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-private\r\n"
+            b"X-Private: 1\r\nKeep-Alive: timeout=5\r\n\r\n" + ok_response(b"final")
+        )
+
+    upstream = await upstreams(answer)
+    proxy = hostile({"up": upstream.url})
+    tunnel = await proxy.tunnel("up")
+    tunnel.send_plain(f"GET /hints HTTP/1.1\r\nHost: {UP}\r\n\r\n".encode())
+    got = await tunnel.responses(["GET"], PROMPT)
+    assert [r.status for r in got] == [103, 200], tunnel.summary()
+    interim = got[0]
+    assert interim.reason == "Early Hints" and interim.header("link") == "</a.css>; rel=preload"
+    for name in ("connection", "x-private", "keep-alive", "content-length", "transfer-encoding"):
+        assert interim.header(name) is None, f"{name} reached the client: {interim}"
+    assert got[1].body == b"final"

@@ -312,3 +312,23 @@ def test_plan_reload_workers_needs_a_restart(tmp: Path, pki: PKI) -> None:
     plan = plan_reload(base, dataclasses.replace(base, workers=4))
     assert [(r.field, r.running, r.configured) for r in plan.needs_restart] == [("workers", "1", "4")]
     assert plan.effective.workers == 1 and plan.changed == ()
+
+
+async def test_a_reload_reaches_the_layers_through_their_contexts(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """The HTTP and forwarding layers know the proxy only by the contexts the server builds: a
+    reload and the drain must reach them there (issue #22)."""
+    proxy = await start_proxy(tmp, pki, {"echo": f"http://127.0.0.1:{upstream.port}"})
+    server = proxy.server
+    fwd, http = server.forward_context, server.http_context
+    limits = dataclasses.replace(server.config.limits, body_timeout=7.0)
+    new = dataclasses.replace(server.config, limits=limits)
+    server.apply(new)
+    assert server.forward_context is fwd and server.http_context is http  # kept current, not replaced
+    assert fwd.connector is server.connector and fwd.router is server.router
+    assert fwd.limits is limits and http.limits is limits
+    assert not fwd.draining and not http.draining
+    server.draining = True  # what SIGTERM does first (proxy/cli.py)
+    assert fwd.draining and http.draining
+    await proxy.stop()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mcp_tunnel.http_rules import RequestHead
+from mcp_tunnel.proxy.exchange import BodyStream, Exchange
 from mcp_tunnel.proxy.forward import ResponseRelay
-from mcp_tunnel.proxy.http_server import BodyStream, Exchange
 from support.garbage import cyclic_garbage
 from support.pki import PKI
 from support.proxy import start_proxy

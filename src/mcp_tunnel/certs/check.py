@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mcp_tunnel.certs.generate import parse_certs
+from mcp_tunnel.certs.pem import parse_certs
 from mcp_tunnel.errors import CertificateError
 
 CA_PEM_MAX_BYTES = 8192

@@ -19,15 +19,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mcp_tunnel.certs.check import key_strength_problem
 from mcp_tunnel.certs.files import StrPath, read_bytes
+from mcp_tunnel.certs.pem import PrivateKey as PrivateKey
+from mcp_tunnel.certs.pem import parse_certs as parse_certs
+from mcp_tunnel.certs.pem import parse_key as parse_key
 from mcp_tunnel.errors import CertificateError
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 KEY_TYPES = ("rsa4096", "ecdsa-p256")
 DEFAULT_SERVER_DURATION = timedelta(hours=2160)
@@ -143,8 +144,6 @@ def issue_server_cert(
     if key is None:
         key = new_key(key_type)
     else:
-        from mcp_tunnel.certs.check import key_strength_problem
-
         problem = key_strength_problem(key.public_key())
         if problem:
             raise CertificateError(f"cannot reuse the server key: {problem}")
@@ -195,31 +194,6 @@ def pem_key(key: PrivateKey) -> bytes:
     )
 
 
-def parse_certs(data: bytes, what: str = "certificate") -> list[x509.Certificate]:
-    """Every certificate in a PEM (or one DER) blob; CertificateError if there is none."""
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise CertificateError(f"the {what} is not a valid PEM certificate: {_first_line(exc)}") from None
-    return certs
-
-
-def parse_key(data: bytes, what: str = "private key") -> PrivateKey:
-    """An RSA or ECDSA private key from PEM; encrypted keys and other types are refused."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise CertificateError(f"the {what} is encrypted; the proxy needs an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"the {what} is not a valid PEM private key: {_first_line(exc)}") from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise CertificateError(f"the {what} is {type(key).__name__}; Anthropic accepts RSA or ECDSA keys")
-    return key
-
-
 def load_cert(path: StrPath) -> x509.Certificate:
     """The first certificate in a PEM file (a chain file puts the leaf first)."""
     return parse_certs(read_bytes(path, "certificate"), f"certificate in {Path(path)}")[0]
@@ -227,8 +201,3 @@ def load_cert(path: StrPath) -> x509.Certificate:
 
 def load_key(path: StrPath) -> PrivateKey:
     return parse_key(read_bytes(path, "private key"), f"private key in {Path(path)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

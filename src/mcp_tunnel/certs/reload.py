@@ -32,7 +32,7 @@ from cryptography import x509
 
 from mcp_tunnel.certs.check import key_matches_cert
 from mcp_tunnel.certs.files import StrPath, read_bytes
-from mcp_tunnel.certs.generate import parse_certs, parse_key
+from mcp_tunnel.certs.pem import parse_certs, parse_key
 from mcp_tunnel.errors import CertificateError
 
 BuildContext = Callable[[str, str], ssl.SSLContext]

@@ -31,6 +31,7 @@ from mcp_tunnel.config import Limits
 from mcp_tunnel.errors import (
     BadRequest,
     BodyTooLarge,
+    Forbidden,
     HeadersTooLarge,
     ProxyError,
     TunnelClientError,
@@ -52,11 +53,6 @@ MAX_PIPELINED = 16  # requests read ahead of the one in flight; then the socket 
 MAX_HEAD = Limits().max_header_bytes  # a local request's line and headers, as the proxy bounds them
 CLOSE_GRACE = 1.0  # seconds idle tunnels get to close politely when the endpoint stops
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # as `normalize_host` gives them
-
-
-class Forbidden(ProxyError):
-    status = 403
-    body = "Forbidden"
 
 
 class _TooLarge(Exception):

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
-
-if TYPE_CHECKING:
-    from mcp_tunnel.proxy.server import ProxyServer
 
 MAX_REQUEST_HEAD = 8192
 READ_TIMEOUT = 5.0
@@ -33,10 +30,15 @@ _REASONS = {
 
 
 class AdminServer:
-    """Serves the proxy's health and metrics."""
+    """Serves the proxy's health and metrics.
 
-    def __init__(self, proxy: ProxyServer) -> None:
-        self.proxy = proxy
+    It knows the proxy by two callbacks only: `readiness` (why /readyz is 503, or None) and
+    `metrics` (the exposition text, with whatever counts wait for the log's flush counted).
+    """
+
+    def __init__(self, *, readiness: Callable[[], str | None], metrics: Callable[[], bytes]) -> None:
+        self.readiness = readiness
+        self.metrics = metrics
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str | None, port: int) -> None:
@@ -66,12 +68,11 @@ class AdminServer:
         if path == "/healthz":
             return 200, TEXT, b"ok\n"
         if path == "/readyz":
-            problem = self.proxy.readiness()
+            problem = self.readiness()
             if problem is None:
                 return 200, TEXT, b"ready\n"
             return 503, TEXT, f"not ready: {problem}\n".encode()
-        self.proxy.log.flush()  # counts the requests whose metrics wait for the log's flush
-        return 200, CONTENT_TYPE_LATEST, self.proxy.metrics.render()
+        return 200, CONTENT_TYPE_LATEST, self.metrics()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -9,20 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import TYPE_CHECKING
 
 import httptools
 
 from mcp_tunnel.config import Limits, UpstreamSettings
 from mcp_tunnel.errors import (
     BadRequest,
+    BodyAborted,
     NoRoute,
     ProxyError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
 from mcp_tunnel.http_rules import (
-    HOP_BY_HOP,
     LAST_CHUNK,
     ResponseFraming,
     chunk,
@@ -30,19 +29,110 @@ from mcp_tunnel.http_rules import (
     error_response,
     upstream_request_head,
 )
-from mcp_tunnel.mcp_policy import MAX_BODY, McpExchange, json_answer, method_label, outcome_label
-from mcp_tunnel.metrics import refusal_reason
-from mcp_tunnel.oauth_rewrite import ExchangeRewrite
+from mcp_tunnel.logs import Logger
+from mcp_tunnel.mcp_policy import (
+    MAX_BODY,
+    McpExchange,
+    McpPolicy,
+    json_answer,
+    method_label,
+    outcome_label,
+)
+from mcp_tunnel.metrics import Metrics, refusal_reason
+from mcp_tunnel.oauth_rewrite import ExchangeRewrite, OAuthRewriter
+from mcp_tunnel.proxy.exchange import Connection, Exchange, Tunnel
 from mcp_tunnel.proxy.flow import MAX_INTERIM, MAX_RESPONSE_HEAD
-from mcp_tunnel.proxy.http_server import BodyAborted
 from mcp_tunnel.proxy.policy import check_interval
 from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
+from mcp_tunnel.routing import Route, Router
 
-if TYPE_CHECKING:
-    from mcp_tunnel.proxy.http_server import Exchange, InnerHTTP
-    from mcp_tunnel.proxy.server import ProxyServer
-    from mcp_tunnel.proxy.tunnel import TunnelProtocol
-    from mcp_tunnel.routing import Route
+
+class ForwardContext:
+    """What forwarding needs of the running proxy, and nothing more.
+
+    server.py builds one and keeps it current: `configure` on a reload, `draining` once the
+    proxy drains. An exchange reads the connector, limits and settings once, when it begins, so
+    it sees one config from its start to its end even across a reload. The lines and counts
+    about an exchange are written here rather than by the server, so that this layer needs
+    nothing above it.
+    """
+
+    __slots__ = (
+        "connector",
+        "draining",
+        "limits",
+        "log",
+        "loop",
+        "mcp",
+        "metrics",
+        "oauth",
+        "router",
+        "upstream_settings",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        log: Logger,
+        metrics: Metrics,
+        *,
+        limits: Limits,
+        router: Router,
+        connector: Connector,
+        upstream_settings: UpstreamSettings,
+        mcp: McpPolicy | None,
+        oauth: OAuthRewriter | None,
+    ) -> None:
+        self.loop = loop
+        self.log = log
+        self.metrics = metrics
+        self.limits = limits
+        self.router = router
+        self.connector = connector
+        self.upstream_settings = upstream_settings
+        self.mcp = mcp  # None: no JSON work at all
+        self.oauth = oauth  # None: every byte passes as is
+        self.draining = False  # responses say `Connection: close`; nothing is kept alive
+
+    def configure(
+        self,
+        *,
+        limits: Limits,
+        router: Router,
+        connector: Connector,
+        upstream_settings: UpstreamSettings,
+        mcp: McpPolicy | None,
+        oauth: OAuthRewriter | None,
+    ) -> None:
+        """A reload: what exchanges begun from now on use."""
+        self.limits = limits
+        self.router = router
+        self.connector = connector
+        self.upstream_settings = upstream_settings
+        self.mcp = mcp
+        self.oauth = oauth
+
+    def keeps_alive(self, ex: Exchange) -> bool:
+        """Whether the tunnel's connection stays open after `ex`'s answer, for every answer the
+        proxy writes: not when the request or an error asked to close it, nor while draining."""
+        return not ex.close_after and not self.draining
+
+    def sni_mismatch(self, tunnel: Tunnel, host: str) -> None:
+        self.metrics.sni_mismatch()
+        if self.log.debug_enabled:
+            self.log.debug("sni differs from host", peer=tunnel.peer, sni=tunnel.sni_host or "-", host=host)
+
+    def upstream_unsolicited(self, route: str, upstream: str) -> None:
+        """An upstream sent bytes outside the response owed: its connection is closed."""
+        self.metrics.upstream_unsolicited(route)
+        self.log.warn(
+            "upstream sent bytes outside a response, connection closed", route=route, upstream=upstream
+        )
+
+    def request_finished(self, route_key: str, status: int, seconds: float) -> None:
+        # Counted with the log's next flush, off the way of the answer and of the next request;
+        # a scrape flushes first (the admin's `metrics` callback).
+        self.log.later(self.metrics.request_finished, route_key, status, seconds)
 
 
 class _Truncated(Exception):
@@ -68,6 +158,7 @@ class ResponseRelay:
     __slots__ = (
         "complete",
         "conn",
+        "ctx",
         "deadline",
         "done",
         "ex",
@@ -93,17 +184,18 @@ class ResponseRelay:
 
     def __init__(
         self,
-        tunnel: TunnelProtocol,
+        ctx: ForwardContext,
+        tunnel: Tunnel,
         ex: Exchange,
         conn: UpstreamConnection,
         route: Route,
         *,
         replayable: bool,
-        loop: asyncio.AbstractEventLoop,
         deadline: float,
         oauth: ExchangeRewrite | None = None,
     ) -> None:
         assert ex.head is not None
+        self.ctx = ctx
         self.deadline = deadline  # loop time by which the response head must have arrived
         self.parser = httptools.HttpResponseParser(self)
         self.tunnel = tunnel
@@ -112,7 +204,7 @@ class ResponseRelay:
         self.route = route
         self.method = ex.head.method
         self.replayable = replayable
-        self.done: asyncio.Future[bool] = loop.create_future()
+        self.done: asyncio.Future[bool] = ctx.loop.create_future()
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.framing: ResponseFraming | None = None
@@ -157,8 +249,8 @@ class ResponseRelay:
             return
         ex = self.ex
         self.keep_alive = bool(self.parser.should_keep_alive())
-        if self.tunnel.server.draining:
-            ex.close_after = True  # tell the client this connection ends with this response
+        # Tell the client when this connection ends with this response (draining, a close asked).
+        ex.close_after = not self.ctx.keeps_alive(ex)
         oauth = self.oauth
         hold = oauth is not None and oauth.head(status, self.headers)  # the document waits whole
         mcp = self.mcp
@@ -203,14 +295,16 @@ class ResponseRelay:
 
     def on_message_complete(self) -> None:
         if self.interim:
-            # 100 Continue, 103 Early Hints: passed through before the final answer (hop-by-hop
-            # headers dropped, as from the final one), a bounded number of them.
+            # 100 Continue, 103 Early Hints: passed through before the final answer, written and
+            # filtered by the same writer as the final one, a bounded number of them.
             self.interims += 1
             if self.interims > MAX_INTERIM:
                 raise UpstreamProtocolError("more than 16 interim (1xx) responses")
-            lines = [b"HTTP/1.1 %d " % self.parser.get_status_code() + (self.reason or b"Continue")]
-            lines += [n + b": " + v for n, v in self.headers if n not in HOP_BY_HOP]
-            self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+            status = self.parser.get_status_code()
+            interim = downstream_response_head(
+                status, self.reason, self.headers, request_method=self.method, keep_alive=True
+            )
+            self.out.append(interim.head)
             return
         self._complete()
 
@@ -278,7 +372,7 @@ class ResponseRelay:
         if not self.unsolicited:
             self.unsolicited = True
             self.conn.transport.close()  # it is never pooled again
-            self.tunnel.server.upstream_unsolicited(self.route.key, self.route.upstream)
+            self.ctx.upstream_unsolicited(self.route.key, self.route.upstream)
 
     def _flush(self) -> None:
         tunnel = self.tunnel
@@ -290,9 +384,9 @@ class ResponseRelay:
                 self.done.set_result(self.keep_alive and self.method != "HEAD")
         elif not tunnel.writable:
             # The tunnel's peer is slow: stop reading the upstream until it catches up.
-            transport = self.conn.transport
-            transport.pause_reading()
-            tunnel.when_writable(transport.resume_reading)
+            conn = self.conn
+            conn.pause_reading()
+            tunnel.when_writable(conn.resume_reading)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.done.done():
@@ -334,8 +428,21 @@ class ResponseRelay:
 
 
 class Forwarder:
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
+    """Answers the exchanges the inner HTTP connections hand over, one request path for all.
+
+    Every decision about an exchange (a request refused while it was read, a body that failed
+    while it waited its turn, SNI against Host, the route, the mcp: policy) is made once, in
+    `_decide`, when the exchange begins. What follows is the same for every exchange, only run
+    two ways: the usual request (its whole body read, nothing to await before the upstream, a
+    pooled connection to its route) is written upstream at once and answered from the upstream
+    connection's callbacks, with no task, so none of asyncio's task machinery is on its way and
+    on this proxy's small machines everything done there is latency; anything else (connecting,
+    a body still arriving, a body the policy must read whole first) runs as a task (`run`). Both
+    give the same answers, lines and metrics, through the same `_send`, `_failed` and `_finish`.
+    """
+
+    def __init__(self, ctx: ForwardContext) -> None:
+        self.ctx = ctx
         # Relays still waiting for their upstream's response head. One periodic check for all
         # of them instead of a timer per request: registering is a set insertion, and a
         # response timeout fires at most one check interval late (at most 1 s when a reload
@@ -343,7 +450,7 @@ class Forwarder:
         self._waiting: set[ResponseRelay] = set()
         self._check: asyncio.TimerHandle | None = None
 
-    def start(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
+    def start(self, tunnel: Tunnel, http: Connection, ex: Exchange) -> None:
         """Hand over an exchange whose head has been read; it begins once this read is parsed.
 
         Begun from the loop's ready queue rather than at once: by then a body that came in the
@@ -351,56 +458,78 @@ class Forwarder:
         before the upstream writes start (writing from inside each read cost ~20 us more CPU
         per request with 64 busy tunnels, measured side by side).
         """
-        self.server.loop.call_soon(self._begin, tunnel, http, ex)
+        self.ctx.loop.call_soon(self._begin, tunnel, http, ex)
 
-    def _begin(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
-        """The usual request (none before it still answering, its whole body read, a pooled
-        connection to its route) is written upstream here and answered from the upstream
-        connection's callbacks: no task, so none of asyncio's task machinery is on its way, and
-        on this proxy's small machines everything done there is latency. Anything else runs
-        as a task (`run`). Both give the same answers, lines and metrics.
-        """
+    def _begin(self, tunnel: Tunnel, http: Connection, ex: Exchange) -> None:
         if http.aborted:  # the tunnel went before this exchange began: it ends as if cancelled
             self._failed(tunnel, ex, asyncio.CancelledError(http.aborted))
             self._finish(http, ex)
-        elif not self._start_now(tunnel, http, ex):
-            ex.running = self.server.loop.create_task(self.run(tunnel, http, ex))
+            return
+        ctx = self.ctx
+        # One consistent view of the config for the whole exchange, even across a reload.
+        connector = ctx.connector
+        try:
+            route, whole, judged = self._decide(tunnel, ex)
+        except Exception as exc:  # answered by the proxy itself, now: nothing went upstream
+            self._failed(tunnel, ex, exc)
+            self._finish(http, ex)
+            return
+        if route is None:  # the mcp: policy answered it
+            self._finish(http, ex)
+            return
+        if judged and whole is not None:
+            conn = connector.pooled(route)
+            if conn is not None:
+                relay = self._send(tunnel, ex, route, conn, whole, ctx.upstream_settings, ctx.limits)
+                ex.running = relay.done
+                done = partial(self._answered, tunnel, http, ex, relay, connector, whole)
+                relay.done.add_done_callback(done)
+                return
+        task = self.run(tunnel, http, ex, route, connector, whole, judged=judged)
+        ex.running = ctx.loop.create_task(task)
 
-    def _start_now(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> bool:
+    def _decide(self, tunnel: Tunnel, ex: Exchange) -> tuple[Route | None, bytes | None, bool]:
+        """Every decision about where an exchange goes, in one place for both ways it runs.
+
+        Returns its route (None when the proxy answered it: a denied tool call, a body a policy
+        route cannot judge), its body if it has arrived whole (None while it streams), and
+        whether the mcp: policy has judged it (False: the task reads the body whole first).
+        Raises what the exchange is answered with when it cannot go upstream.
+        """
+        if ex.error is not None:
+            raise ex.error
         head = ex.head
-        if head is None or ex.error is not None:
-            return False
-        body = ex.body
-        if head.has_body and not (body.done and not body.failed):
-            return False
+        assert head is not None
+        ex.body.check()  # refused while it waited its turn (400, 408, 413): nothing goes upstream
+        ctx = self.ctx
         if tunnel.sni_host is not None and tunnel.sni_host != head.host:
-            return False  # the task logs it
-        server = self.server
-        route = server.router.lookup(head.host)
+            self._log_started(ex)
+            ctx.sni_mismatch(tunnel, head.host)
+        route = ctx.router.lookup(head.host)
         if route is None:
-            return False  # the task answers it
-        connector = server.connector
-        conn = connector.pooled(route)
-        if conn is None:
-            return False  # connecting (resolution, the address check) needs the task
+            self._log_started(ex)
+            ctx.log.warn("no route for host", host=head.host)
+            raise NoRoute(f"no route for host {head.host}")
         ex.route_key = route.key
-        whole = (body.complete_now() or b"") if head.has_body else b""  # arrived: never None
-        mcp = server.mcp
-        if mcp is not None:
-            ex.mcp = mcp.exchange(route.key, head.method, head.headers, head.has_body)
-            if ex.mcp is not None and self._mcp_answered(tunnel, ex, whole):
-                connector.release(conn)  # unused: the proxy answered (a denied call, a refused body)
-                self._finish(http, ex)
-                return True
-        relay = self._send(tunnel, ex, route, conn, whole, server.upstream_settings, server.limits)
-        ex.running = relay.done
-        relay.done.add_done_callback(partial(self._answered, tunnel, http, ex, relay, connector, whole))
-        return True
+        # A body that has fully arrived is sent with the head in one write, and can be sent
+        # again if a pooled connection turns out to be stale.
+        whole = ex.body.complete_now() if head.has_body else b""
+        mcp = ctx.mcp
+        if mcp is None:
+            return route, whole, True
+        ex.mcp = mex = mcp.exchange(route.key, head.method, head.headers, head.has_body)
+        if mex is None:
+            return route, whole, True
+        if whole is None and mex.needs_body:
+            return route, None, False  # judged once `run` has read it whole
+        if self._mcp_answered(tunnel, ex, whole):
+            return None, whole, True
+        return route, whole, True
 
     def _answered(
         self,
-        tunnel: TunnelProtocol,
-        http: InnerHTTP,
+        tunnel: Tunnel,
+        http: Connection,
         ex: Exchange,
         relay: ResponseRelay,
         connector: Connector,
@@ -414,8 +543,8 @@ class Forwarder:
             reusable = done.result()
         except _StaleConnection:
             conn.close()  # the second attempt, on another connection, as `_proxy` makes it
-            resume = (relay.route, whole)
-            ex.running = self.server.loop.create_task(self.run(tunnel, http, ex, resume))
+            task = self.run(tunnel, http, ex, relay.route, connector, whole, judged=True, attempt=2)
+            ex.running = self.ctx.loop.create_task(task)
             return
         except BaseException as exc:
             conn.close()
@@ -432,72 +561,36 @@ class Forwarder:
 
     async def run(
         self,
-        tunnel: TunnelProtocol,
-        http: InnerHTTP,
+        tunnel: Tunnel,
+        http: Connection,
         ex: Exchange,
-        resume: tuple[Route, bytes] | None = None,
+        route: Route,
+        connector: Connector,
+        whole: bytes | None,
+        *,
+        judged: bool,
+        attempt: int = 1,
     ) -> None:
-        """Answer one exchange, in order, and always report it done.
+        """Answer one exchange `_decide` sent upstream, and always report it done.
 
-        `resume`: the route and body of one begun without a task whose pooled connection was stale.
+        `judged` False: the mcp: policy reads its body whole first. `attempt` 2: one begun
+        without a task whose pooled connection was stale, tried once more on a fresh one.
         """
-        server = self.server
+        ctx = self.ctx
         try:
-            if resume is not None:
-                route, whole = resume
-                await self._proxy(
-                    tunnel,
-                    http,
-                    ex,
-                    route,
-                    server.connector,
-                    server.upstream_settings,
-                    server.limits,
-                    whole,
-                    attempt=2,
-                )
-            else:
-                await self._forward(tunnel, http, ex)
+            if not judged:
+                whole = await self._whole_body(http, ex)
+                if self._mcp_answered(tunnel, ex, whole):
+                    return
+            settings, limits = ctx.upstream_settings, ctx.limits
+            await self._proxy(tunnel, http, ex, route, connector, settings, limits, whole, attempt)
         except BaseException as exc:
             if not self._failed(tunnel, ex, exc):
                 raise
         finally:
             self._finish(http, ex)
 
-    async def _forward(self, tunnel: TunnelProtocol, http: InnerHTTP, ex: Exchange) -> None:
-        server = self.server
-        log = server.log
-        head = ex.head
-        if ex.error is not None:
-            raise ex.error
-        assert head is not None
-        ex.body.check()  # refused while it waited its turn (400, 408, 413): nothing goes upstream
-        if tunnel.sni_host is not None and tunnel.sni_host != head.host:
-            self._log_started(ex)
-            server.sni_mismatch(tunnel, head.host)
-        # One consistent view of the config for the whole exchange, even across a reload.
-        route = server.router.lookup(head.host)
-        if route is None:
-            self._log_started(ex)
-            log.warn("no route for host", host=head.host)
-            raise NoRoute(f"no route for host {head.host}")
-        ex.route_key = route.key
-        # A body that has fully arrived is sent with the head in one write, and can be sent
-        # again if a pooled connection turns out to be stale.
-        whole = ex.body.complete_now() if head.has_body else b""
-        mcp = server.mcp
-        if mcp is not None:
-            ex.mcp = mex = mcp.exchange(route.key, head.method, head.headers, head.has_body)
-            if mex is not None:
-                if whole is None and mex.needs_body:
-                    whole = await self._whole_body(http, ex)
-                if self._mcp_answered(tunnel, ex, whole):
-                    return
-        await self._proxy(
-            tunnel, http, ex, route, server.connector, server.upstream_settings, server.limits, whole
-        )
-
-    async def _whole_body(self, http: InnerHTTP, ex: Exchange) -> bytes | None:
+    async def _whole_body(self, http: Connection, ex: Exchange) -> bytes | None:
         """A policy route's request body, whole before anything of it goes upstream; None when it
         is over the cap (`McpExchange.judge` refuses it)."""
         parts: list[bytes] = []
@@ -512,7 +605,7 @@ class Forwarder:
                 return None
             parts.append(piece)
 
-    def _mcp_answered(self, tunnel: TunnelProtocol, ex: Exchange, whole: bytes | None) -> bool:
+    def _mcp_answered(self, tunnel: Tunnel, ex: Exchange, whole: bytes | None) -> bool:
         """Judge the request body by the mcp: section; True when the proxy answered it itself (a
         denied tool call, a body a policy route cannot judge): it never reaches the upstream."""
         mcp = ex.mcp
@@ -521,14 +614,14 @@ class Forwarder:
             mcp.judge(whole)
         except BadRequest as refused:
             self._log_started(ex)
-            self.server.log.info("mcp request refused", route=ex.route_key, reason=refused.reason)
+            self.ctx.log.info("mcp request refused", route=ex.route_key, reason=refused.reason)
             self._failed(tunnel, ex, refused)
             return True
         answer = mcp.answer
         if answer is None:
             return False
         self._log_started(ex)
-        keep = not ex.close_after and not self.server.draining
+        keep = self.ctx.keeps_alive(ex)
         ex.close_after = not keep
         ex.status = 200
         ex.response_started = True
@@ -539,27 +632,28 @@ class Forwarder:
 
     def _audit(self, mcp: McpExchange, ex: Exchange, seconds: float) -> None:
         """The exchange's `mcp request` lines and counts (mcp.audit)."""
-        server = self.server
-        log = server.log
-        metrics = server.metrics
+        ctx = self.ctx
+        log = ctx.log
+        metrics = ctx.metrics
         for r in mcp.records(ex.status, round(seconds * 1000, 3), ex.reason):
             log.mcp_request(r.route, r.session, r.method, r.name, r.id, r.status, r.outcome, r.duration_ms)
             metrics.mcp_request(r.route, method_label(r.method), outcome_label(r.outcome))
 
-    def _failed(self, tunnel: TunnelProtocol, ex: Exchange, exc: BaseException) -> bool:
+    def _failed(self, tunnel: Tunnel, ex: Exchange, exc: BaseException) -> bool:
         """Answer or cut an exchange that failed; False for what the caller must raise again."""
-        server = self.server
+        ctx = self.ctx
         if isinstance(exc, ProxyError):
             ex.status = exc.status
             ex.reason = exc.reason
             reason = refusal_reason(exc)
             if reason is not None:
-                server.metrics.upstream_failed(ex.route_key, reason)
+                ctx.metrics.upstream_failed(ex.route_key, reason)
             if ex.response_started:
                 tunnel.close_abruptly()
             else:
-                keep = not ex.close_after and ex.body.done and not ex.body.failed and not server.draining
-                ex.close_after = ex.close_after or not keep
+                # A body not read whole leaves the connection's next bytes unknown: it closes.
+                keep = ctx.keeps_alive(ex) and ex.body.done and not ex.body.failed
+                ex.close_after = not keep
                 head_request = ex.head is not None and ex.head.method == "HEAD"
                 data = error_response(exc, keep_alive=keep, head_request=head_request)
                 ex.response_bytes = len(data)
@@ -582,7 +676,7 @@ class Forwarder:
         if isinstance(exc, Exception):
             # A bug of ours, not the peer's: one line with its type (its text may hold request
             # data), the client an answer or a cut, never a traceback or a task left dangling.
-            server.log.error("internal error while forwarding", error=type(exc).__name__)
+            ctx.log.error("internal error while forwarding", error=type(exc).__name__)
             return self._failed(tunnel, ex, ProxyError(f"internal error ({type(exc).__name__})"))
         return False
 
@@ -596,7 +690,7 @@ class Forwarder:
         if ex.logged_start:
             return
         ex.logged_start = True
-        log = self.server.log
+        log = self.ctx.log
         if log.info_enabled:
             head = ex.head
             if head is not None:
@@ -604,9 +698,9 @@ class Forwarder:
             else:  # refused before it could be understood: still one pair of lines
                 log.request_started("-", "-", "-")
 
-    def _finish(self, http: InnerHTTP, ex: Exchange) -> None:
-        server = self.server
-        log = server.log
+    def _finish(self, http: Connection, ex: Exchange) -> None:
+        ctx = self.ctx
+        log = ctx.log
         seconds = time.perf_counter() - ex.started
         self._log_started(ex)
         if log.info_enabled:
@@ -619,13 +713,13 @@ class Forwarder:
         mcp = ex.mcp
         if mcp is not None and mcp.audit:
             self._audit(mcp, ex, seconds)
-        server.request_finished(ex, seconds)
+        ctx.request_finished(ex.route_key, ex.status, seconds)
         http.exchange_done(ex)
 
     async def _proxy(
         self,
-        tunnel: TunnelProtocol,
-        http: InnerHTTP,
+        tunnel: Tunnel,
+        http: Connection,
         ex: Exchange,
         route: Route,
         connector: Connector,
@@ -661,7 +755,7 @@ class Forwarder:
 
     def _send(
         self,
-        tunnel: TunnelProtocol,
+        tunnel: Tunnel,
         ex: Exchange,
         route: Route,
         conn: UpstreamConnection,
@@ -683,17 +777,17 @@ class Forwarder:
         if not lost:
             conn.write(out)
             self._log_started(ex)
-        server = self.server
-        loop = server.loop
+        ctx = self.ctx
+        loop = ctx.loop
         timeout = limits.upstream_response_timeout
-        oauth = server.oauth  # the config's oauth: section; None means every byte passes as is
+        oauth = ctx.oauth  # the config's oauth: section; None means every byte passes as is
         relay = ResponseRelay(
+            ctx,
             tunnel,
             ex,
             conn,
             route,
             replayable=whole is not None,
-            loop=loop,
             deadline=loop.time() + timeout,
             oauth=None if oauth is None else oauth.exchange(route, head.method, head.path),
         )
@@ -713,7 +807,7 @@ class Forwarder:
         if not relay.done.done():
             relay.done.cancel()
 
-    async def _exchange(self, http: InnerHTTP, ex: Exchange, relay: ResponseRelay) -> bool:
+    async def _exchange(self, http: Connection, ex: Exchange, relay: ResponseRelay) -> bool:
         """Send the body if it is still arriving, relay the response; True if the connection may be reused."""
         conn = relay.conn
         sender: asyncio.Task[None] | None = None
@@ -721,7 +815,7 @@ class Forwarder:
             if not relay.replayable and not relay.done.done():  # the body is still arriving
                 head = ex.head
                 assert head is not None
-                sender = self.server.loop.create_task(self._send_body(http, ex, conn, head.chunked))
+                sender = self.ctx.loop.create_task(self._send_body(http, ex, conn, head.chunked))
                 sender.add_done_callback(partial(_body_sent, relay))
             reusable = await relay.done
         finally:
@@ -739,17 +833,17 @@ class Forwarder:
         waiting = self._waiting
         if not waiting:
             return
-        server = self.server
-        now = server.loop.time()
+        ctx = self.ctx
+        now = ctx.loop.time()
         for relay in [r for r in waiting if r.framing is not None or r.deadline <= now]:
             waiting.discard(relay)
             relay.timeout()  # a no-op once the head has arrived
         if waiting:
-            interval = check_interval(server.limits.upstream_response_timeout)
-            self._check = server.loop.call_later(interval, self._check_waiting)
+            interval = check_interval(ctx.limits.upstream_response_timeout)
+            self._check = ctx.loop.call_later(interval, self._check_waiting)
 
     async def _send_body(
-        self, http: InnerHTTP, ex: Exchange, conn: UpstreamConnection, chunked: bool
+        self, http: Connection, ex: Exchange, conn: UpstreamConnection, chunked: bool
     ) -> None:
         protocol = conn.protocol
         while True:

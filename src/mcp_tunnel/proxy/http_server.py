@@ -14,144 +14,48 @@ head; a body must arrive within `limits.body_timeout`.
 
 from __future__ import annotations
 
-import asyncio
-from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import httptools
 
+from mcp_tunnel.config import Limits
 from mcp_tunnel.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyError, RequestTimeout
-from mcp_tunnel.http_rules import RequestHead, validate_request
-from mcp_tunnel.mcp_policy import McpExchange
+from mcp_tunnel.http_rules import validate_request
+from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.exchange import Connection, Exchange, Tunnel
 from mcp_tunnel.proxy.flow import BODY_HIGH_WATER, FEED_SLICE, MAX_PIPELINED, READ_BODY, READ_PIPELINE
-
-if TYPE_CHECKING:
-    from mcp_tunnel.proxy.server import ProxyServer
-    from mcp_tunnel.proxy.tunnel import TunnelProtocol
-
-
-class BodyAborted(Exception):
-    """The request body will never be whole: the tunnel went away while it was arriving."""
+from mcp_tunnel.proxy.forward import Forwarder
 
 
 class _StopParsing(Exception):
     """Raised from a parser callback once the rest of the read must not be parsed."""
 
 
-class BodyStream:
-    """Request body chunks on their way from the tunnel to the upstream."""
+class HTTPContext:
+    """What the inner HTTP layer needs of the running proxy, and nothing more.
 
-    __slots__ = ("_chunks", "_waiter", "buffered", "done", "error", "failed")
+    server.py builds one and keeps it current: `limits` on a reload (a connection keeps the
+    limits it started with), `draining` once the proxy drains.
+    """
 
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self.buffered = 0
-        self.done = False
-        self.failed = False
-        self.error: ProxyError | None = None  # the answer a failed body gets (None: the tunnel went)
+    __slots__ = ("draining", "forwarder", "limits", "log", "on_idle")
 
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self.buffered += len(chunk)
-        if self._waiter is not None:
-            self._wake()
+    def __init__(
+        self, log: Logger, limits: Limits, forwarder: Forwarder, on_idle: Callable[[], object]
+    ) -> None:
+        self.log = log
+        self.limits = limits
+        self.forwarder = forwarder
+        self.on_idle = on_idle  # a connection has nothing in flight any more (the drain waits on it)
+        self.draining = False
 
-    def end(self) -> None:
-        self.done = True
-        if self._waiter is not None:
-            self._wake()
-
-    def fail(self, error: ProxyError | None = None) -> None:
-        """The body will not be whole: `error` is what the client is answered (400, 408, 413)."""
-        if not self.failed:
-            self.error = error
-        self.failed = True
-        self.done = True
-        self._chunks.clear()
-        self.buffered = 0
-        self._wake()
-
-    def check(self) -> None:
-        """Raise what a failed body is answered with: nothing goes upstream after it."""
-        if self.failed:
-            raise self.error if self.error is not None else BodyAborted("request body aborted")
-
-    def complete_now(self) -> bytes | None:
-        """The whole body, if it has already arrived (the common small-request case)."""
-        if not self.done or self.failed:
-            return None
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self.buffered = 0
-        return data
-
-    async def read(self) -> bytes | None:
-        """Next chunk, or None at the end of the body."""
-        while not self._chunks:
-            if self.done:
-                self.check()
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        chunk = self._chunks.pop(0)
-        self.buffered -= len(chunk)
-        return chunk
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        self._waiter = None
+    def exchange_idle(self, tunnel: Tunnel) -> None:
+        if self.draining:
+            tunnel.close_gracefully()
+        self.on_idle()
 
 
-class Exchange:
-    """One request and its response."""
-
-    __slots__ = (
-        "body",
-        "body_bytes",
-        "close_after",
-        "error",
-        "finished",
-        "handed",
-        "head",
-        "logged_start",
-        "mcp",
-        "reason",
-        "response_bytes",
-        "response_started",
-        "route_key",
-        "running",
-        "started",
-        "status",
-    )
-
-    def __init__(self) -> None:
-        self.head: RequestHead | None = None
-        self.error: ProxyError | None = None
-        self.body = BodyStream()
-        self.body_bytes = 0
-        self.finished = False
-        self.handed = False  # given to the forwarder (only once the one before it has finished)
-        self.logged_start = False  # the "request started" line is out
-        self.close_after = False
-        self.response_started = False
-        self.response_bytes = 0
-        self.status = 0
-        self.reason = ""  # why the proxy answered or cut it itself, for the completion line
-        self.route_key = "-"
-        self.mcp: McpExchange | None = None  # the MCP audit/policy work, only with the mcp: section
-        self.started = perf_counter()
-        # Its task, or for one begun without a task its response's future: what `abort` cancels.
-        self.running: asyncio.Future[Any] | None = None
-
-    def begun(self) -> bool:
-        """Its head has been read (and judged): it is answered in turn, whatever follows."""
-        return self.head is not None or self.error is not None
-
-
-class InnerHTTP:
+class InnerHTTP(Connection):
     """Parses inner requests and runs their exchanges in order."""
 
     __slots__ = (
@@ -166,19 +70,19 @@ class InnerHTTP:
         "_too_large",
         "_url",
         "aborted",
+        "ctx",
         "current",
         "exchanges",
         "limits",
         "parser",
         "peer_done",
-        "server",
         "tunnel",
     )
 
-    def __init__(self, server: ProxyServer, tunnel: TunnelProtocol) -> None:
-        self.server = server
+    def __init__(self, ctx: HTTPContext, tunnel: Tunnel) -> None:
+        self.ctx = ctx
         self.tunnel = tunnel
-        self.limits = server.limits
+        self.limits = ctx.limits  # kept for the connection's life, across reloads
         # Made when request bytes arrive and let go whenever the connection is idle: ~0.9 KB
         # (the parser and its bound callbacks) on every idle tunnel, ~0.3 us to make again.
         self.parser: httptools.HttpRequestParser | None = None
@@ -374,12 +278,12 @@ class InnerHTTP:
         """Give a judged exchange to the forwarder once it is its turn (see `exchange_done`)."""
         if self.exchanges and self.exchanges[0] is ex and not ex.handed:
             ex.handed = True
-            self.server.forwarder.start(self.tunnel, self, ex)
+            self.ctx.forwarder.start(self.tunnel, self, ex)
 
     def _fail_body(self, ex: Exchange, error: ProxyError) -> None:
         """A body that cannot be forwarded whole: its exchange is answered `error` (or cut, once
         its answer has begun), nothing more of it goes upstream, and the tunnel closes after."""
-        self.server.log.info("request body refused", peer=self.tunnel.peer, reason=error.reason)
+        self.ctx.log.info("request body refused", peer=self.tunnel.peer, reason=error.reason)
         ex.body.fail(error)
         ex.close_after = True
         self.peer_done = True  # stop parsing: what follows the body cannot be trusted
@@ -419,7 +323,7 @@ class InnerHTTP:
             self._fail_body(ex, RequestTimeout("request body not received within limits.body_timeout"))
 
     def _header_timeout(self) -> None:
-        self.server.log.info("request header timeout, closing tunnel", peer=self.tunnel.peer)
+        self.ctx.log.info("request header timeout, closing tunnel", peer=self.tunnel.peer)
         self.abort("header timeout")
         self.tunnel.close_gracefully()
 
@@ -427,7 +331,7 @@ class InnerHTTP:
         self.tunnel.set_timer(self.limits.idle_timeout, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        self.server.log.debug("idle tunnel closed", peer=self.tunnel.peer)
+        self.ctx.log.debug("idle tunnel closed", peer=self.tunnel.peer)
         self.tunnel.close_gracefully()
 
     # --- called by the forwarder --------------------------------------------------------
@@ -454,6 +358,6 @@ class InnerHTTP:
             if self.current is None:
                 self.parser = None  # between requests, nothing half-parsed: see __init__
             self._arm_idle()
-            self.server.exchange_idle(self.tunnel)
+            self.ctx.exchange_idle(self.tunnel)
         elif self.current is self.exchanges[0] and self.exchanges[0].head is None:
             self.tunnel.set_timer(self.limits.header_timeout, self._header_timeout)

@@ -2,7 +2,8 @@
 
 Validate, then swap: the file is loaded with the same `load_config` as at start; only a config
 that loads completely (and whose certificate pair loads, when the paths changed) is applied, in
-one synchronous `ProxyServer.apply`. Anything else leaves the running config untouched and is
+one synchronous call (`ProxyServer.apply`, given as `ReloadTarget.apply`: this module knows the
+running proxy only through a `ReloadTarget`). Anything else leaves the running config untouched and is
 logged as one line. Every attempt is one log line and one `mcp_tunnel_config_reloads_total`
 increment. What changes and what needs a restart is decided by `policy.plan_reload`.
 
@@ -18,14 +19,13 @@ import asyncio
 import hashlib
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from mcp_tunnel.certs.reload import CertificateWatcher
-from mcp_tunnel.config import load_config
+from mcp_tunnel.config import Config, load_config
+from mcp_tunnel.logs import Logger
+from mcp_tunnel.metrics import Metrics
 from mcp_tunnel.proxy.policy import plan_reload
-
-if TYPE_CHECKING:
-    from mcp_tunnel.proxy.server import ProxyServer
 
 _Stamp = tuple[int, int, int, int] | tuple[str, int]
 
@@ -46,11 +46,32 @@ def _digest(path: str) -> bytes | None:
         return None
 
 
-class ConfigReloader:
-    """Watches one config file and applies valid changes to a running `ProxyServer`."""
+class ReloadTarget:
+    """What a reload needs of the running proxy, and nothing more."""
 
-    def __init__(self, server: ProxyServer, path: str, *, tunnel_domain: str | None = None) -> None:
-        self.server = server
+    __slots__ = ("apply", "current", "load_pair", "log", "metrics")
+
+    def __init__(
+        self,
+        *,
+        log: Logger,
+        metrics: Metrics,
+        current: Callable[[], Config],
+        apply: Callable[[Config, CertificateWatcher | None], None],
+        load_pair: Callable[[str, str], CertificateWatcher],
+    ) -> None:
+        self.log = log
+        self.metrics = metrics
+        self.current = current  # the config in force
+        self.apply = apply  # one synchronous swap; a new certificate watcher when the paths changed
+        self.load_pair = load_pair  # a watcher for a certificate pair, loaded (CertificateError)
+
+
+class ConfigReloader:
+    """Watches one config file and applies valid changes to a running proxy."""
+
+    def __init__(self, target: ReloadTarget, path: str, *, tunnel_domain: str | None = None) -> None:
+        self.target = target
         self.path = path
         self.tunnel_domain = tunnel_domain  # the -tunnel-domain flag keeps winning over the file
         self._seen = _stamp(path)
@@ -67,7 +88,7 @@ class ConfigReloader:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.server.config.cert_reload_interval)
+            await asyncio.sleep(self.target.current().cert_reload_interval)
             self.poll()
 
     def poll(self) -> bool | None:
@@ -78,23 +99,23 @@ class ConfigReloader:
         self._seen = stamp  # taken before reading: a write after this is seen next poll
         digest = _digest(self.path)
         if digest is not None and digest == self._digest:
-            self.server.log.debug("config file touched, same content: nothing to reload", path=self.path)
+            self.target.log.debug("config file touched, same content: nothing to reload", path=self.path)
             return None
         return self.reload("file change")
 
     def reload(self, trigger: str) -> bool:
         """One reload attempt; True if the new config now applies to new requests."""
-        server, log = self.server, self.server.log
+        target, log = self.target, self.target.log
         self._seen = _stamp(self.path)
         self._digest = _digest(self.path)
         try:
             new = load_config(self.path, tunnel_domain=self.tunnel_domain)
-            plan = plan_reload(server.config, new)
+            plan = plan_reload(target.current(), new)
             watcher = None
-            if plan.new_certificates:
-                watcher = _load_pair(server, plan.effective.cert_file, plan.effective.key_file)
+            if plan.new_certificates:  # loaded before anything is swapped
+                watcher = target.load_pair(plan.effective.cert_file, plan.effective.key_file)
         except Exception as exc:  # any failure keeps the running config; the proxy stays up
-            server.metrics.config_loaded(False, time.time())
+            target.metrics.config_loaded(False, time.time())
             error = " ".join(str(exc).split()) or type(exc).__name__
             log.error("config reload failed, keeping the running config", trigger=trigger, error=error)
             return False
@@ -106,15 +127,15 @@ class ConfigReloader:
                 configured=item.configured,
             )
         config = plan.effective
-        server.apply(config, watcher=watcher)
-        server.metrics.config_loaded(True, time.time())
+        target.apply(config, watcher)
+        target.metrics.config_loaded(True, time.time())
         log.info(
             "config reloaded",
             trigger=trigger,
             changed=",".join(plan.changed) or "nothing",
             routes=len(config.routes),
         )
-        router = server.router
+        router = config.router
         for key in (*plan.routes_added, *plan.routes_changed):
             route = config.routes[key]
             log.info("route configured", route=key, host=router.public_host(route), upstream=route.upstream)
@@ -126,10 +147,3 @@ class ConfigReloader:
         if config.log_level != log.level or config.log_format != log.format:
             log.configure(config.log_level, config.log_format)
         return True
-
-
-def _load_pair(server: ProxyServer, cert_file: str, key_file: str) -> CertificateWatcher:
-    """A watcher for new certificate paths, loaded before anything is swapped."""
-    from mcp_tunnel.proxy.server import load_certificates_from
-
-    return load_certificates_from(cert_file, key_file, server.log)

@@ -15,7 +15,8 @@ from mcp_tunnel.logs import Logger
 from mcp_tunnel.mcp_policy import McpPolicy
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.oauth_rewrite import OAuthRewriter
-from mcp_tunnel.proxy.forward import Forwarder
+from mcp_tunnel.proxy.forward import ForwardContext, Forwarder
+from mcp_tunnel.proxy.http_server import HTTPContext
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
 from mcp_tunnel.proxy.tunnel import TunnelContext, TunnelProtocol, remember_sni
@@ -24,7 +25,6 @@ from mcp_tunnel.tls_session import make_server_context
 
 if TYPE_CHECKING:
     from mcp_tunnel.proxy.admin import AdminServer
-    from mcp_tunnel.proxy.http_server import Exchange
 
 # After the drain deadline, how long closing tunnels get to flush their close_notify and
 # WebSocket close before their sockets are aborted.
@@ -32,7 +32,12 @@ CLOSE_FLUSH_SECONDS = 1.0
 
 
 class ProxyServer:
-    """State shared by every tunnel connection; swapped as a whole on reload."""
+    """State shared by every tunnel connection; swapped as a whole on reload.
+
+    The layers below get narrow contexts built here, not this object: the inner HTTP layer an
+    `HTTPContext`, the forwarder a `ForwardContext`, the admin listener two callbacks. `apply`
+    and `draining` keep them current.
+    """
 
     def __init__(
         self,
@@ -51,15 +56,15 @@ class ProxyServer:
         self.resolver: Resolver = resolver or SystemResolver()
         self.dial: Dial = dial  # how every connector dials a vetted address (tests record it)
         self.metrics = metrics or Metrics()
-        self.forwarder = Forwarder(self)
         self.tunnels: set[TunnelProtocol] = set()
         self.admitted = 0  # tunnels past the WebSocket upgrade: what max_connections counts
-        self.draining = False
+        self._draining = False
         self.admin: AdminServer | None = None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._idle_event: asyncio.Event | None = None
         self.watcher = watcher or load_certificates(config, log)
+        self.apply(config)
         # What every tunnel sees of the process (no tunnel holds the server itself).
         self.tunnel_context = TunnelContext(
             loop=self.loop,
@@ -73,9 +78,8 @@ class ProxyServer:
             handshake_failed=self.handshake_failed,
             handshake_refused=self.handshake_refused,
             handshake_succeeded=self.handshake_succeeded,
-            owner=self,
+            http=self.http_context,
         )
-        self.apply(config)
         self.metrics.config_loaded(True, time.time(), reload=False)
 
     def apply(self, config: Config, *, watcher: CertificateWatcher | None = None) -> None:
@@ -88,7 +92,6 @@ class ProxyServer:
         old = getattr(self, "connector", None)
         self.config = config
         self.limits = config.limits
-        self.tunnel_context.limits = config.limits
         self.router = config.router
         self.upstream_settings = config.upstream
         self.mcp = None if config.mcp is None else McpPolicy(config.mcp)  # None: no JSON work at all
@@ -102,14 +105,58 @@ class ProxyServer:
             dial=self.dial,
             connect_timeout=config.limits.upstream_connect_timeout,
             dns_timeout=config.limits.dns_timeout,
-            on_unsolicited=self.upstream_unsolicited,
+            on_unsolicited=self._upstream_unsolicited,
         )
+        if old is None:
+            self.forward_context = ForwardContext(
+                self.loop,
+                self.log,
+                self.metrics,
+                limits=config.limits,
+                router=self.router,
+                connector=self.connector,
+                upstream_settings=config.upstream,
+                mcp=self.mcp,
+                oauth=self.oauth,
+            )
+            self.forwarder = Forwarder(self.forward_context)
+            self.http_context = HTTPContext(self.log, config.limits, self.forwarder, self._wake_drain)
+        else:
+            self.forward_context.configure(
+                limits=config.limits,
+                router=self.router,
+                connector=self.connector,
+                upstream_settings=config.upstream,
+                mcp=self.mcp,
+                oauth=self.oauth,
+            )
+            self.http_context.limits = config.limits
+            self.tunnel_context.limits = config.limits
         if watcher is not None:
             self.watcher = watcher
         self.metrics.certificate_loaded(self.watcher.not_after)
         self.metrics.routes_configured(config.routes)
         if old is not None:
             old.close()
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: readiness is off, no new tunnel is admitted, nothing is kept alive."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self.forward_context.draining = value
+        self.http_context.draining = value
+
+    def _upstream_unsolicited(self, route: str, upstream: str) -> None:
+        self.forward_context.upstream_unsolicited(route, upstream)
+
+    def _scrape(self) -> bytes:
+        """/metrics: the counts still waiting for the log's flush (`Logger.later`) go in first."""
+        self.log.flush()
+        return self.metrics.render()
 
     def tls_context(self) -> ssl.SSLContext:
         """The pair for new handshakes; a reload swaps it, live sessions keep theirs."""
@@ -175,7 +222,7 @@ class ProxyServer:
         if admin and cfg.admin_port is not None:
             from mcp_tunnel.proxy.admin import AdminServer
 
-            self.admin = AdminServer(self)
+            self.admin = AdminServer(readiness=self.readiness, metrics=self._scrape)
             await self.admin.start(cfg.admin_host or None, cfg.admin_port)
             self.log.info("admin listening", addr=self.admin.address)
         if sock is not None:
@@ -223,7 +270,7 @@ class ProxyServer:
 
         Readiness turns off first (`draining`), then the listener closes. Idle tunnels are
         closed gracefully at once; a busy one is closed as soon as its last exchange ends (see
-        `exchange_idle`), and its responses meanwhile say `Connection: close`. At the deadline,
+        `HTTPContext.exchange_idle`), and its responses meanwhile say `Connection: close`. At the deadline,
         what is still running (an SSE stream) is cut.
         """
         self.draining = True
@@ -315,28 +362,6 @@ class ProxyServer:
     def handshake_succeeded(self, tunnel: TunnelProtocol) -> None:
         if self.log.debug_enabled:
             self.log.debug("tls handshake completed", peer=tunnel.peer, sni=tunnel.sni or "-")
-
-    def sni_mismatch(self, tunnel: TunnelProtocol, host: str) -> None:
-        self.metrics.sni_mismatch()
-        if self.log.debug_enabled:
-            self.log.debug("sni differs from host", peer=tunnel.peer, sni=tunnel.sni or "-", host=host)
-
-    def upstream_unsolicited(self, route: str, upstream: str) -> None:
-        """An upstream sent bytes outside the response owed: its connection is closed."""
-        self.metrics.upstream_unsolicited(route)
-        self.log.warn(
-            "upstream sent bytes outside a response, connection closed", route=route, upstream=upstream
-        )
-
-    def request_finished(self, ex: Exchange, seconds: float) -> None:
-        # Counted with the log's next flush, off the way of the answer and of the next request;
-        # a scrape flushes first (`AdminServer.answer`).
-        self.log.later(self.metrics.request_finished, ex.route_key, ex.status, seconds)
-
-    def exchange_idle(self, tunnel: TunnelProtocol) -> None:
-        if self.draining:
-            tunnel.close_gracefully()
-        self._wake_drain()
 
     def _wake_drain(self) -> None:
         event = self._idle_event

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from mcp_tunnel.config import Limits
 from mcp_tunnel.logs import Logger
+from mcp_tunnel.proxy.exchange import Tunnel
 from mcp_tunnel.proxy.flow import HIGH_WATER, MAX_MESSAGE, READ_BACKLOG
-from mcp_tunnel.proxy.http_server import InnerHTTP
+from mcp_tunnel.proxy.http_server import HTTPContext, InnerHTTP
 from mcp_tunnel.routing import normalize_host
 from mcp_tunnel.tls_session import TLSSession
 from mcp_tunnel.tunnel_session import (
@@ -59,11 +60,11 @@ class TunnelContext:
         "handshake_failed",
         "handshake_refused",
         "handshake_succeeded",
+        "http",
         "limits",
         "log",
         "loop",
         "opened",
-        "owner",
         "tls_context",
     )
 
@@ -81,7 +82,7 @@ class TunnelContext:
         handshake_failed: Callable[[TunnelProtocol, str], None],
         handshake_refused: Callable[[TunnelProtocol, str], None],
         handshake_succeeded: Callable[[TunnelProtocol], None],
-        owner: Any,
+        http: HTTPContext,
     ) -> None:
         self.loop = loop
         self.log = log
@@ -94,11 +95,10 @@ class TunnelContext:
         self.handshake_failed = handshake_failed  # the TLS alert's words
         self.handshake_refused = handshake_refused  # a metrics label: timeout, raw_tls, ...
         self.handshake_succeeded = handshake_succeeded
-        # What the inner HTTP layer is built with (`InnerHTTP(owner, tunnel)`); opaque here.
-        self.owner = owner
+        self.http = http  # what each tunnel's inner HTTP layer is built with
 
 
-class TunnelProtocol(asyncio.Protocol):
+class TunnelProtocol(asyncio.Protocol, Tunnel):
     """The proxy end of one WebSocket from cloudflared."""
 
     __slots__ = (
@@ -118,7 +118,6 @@ class TunnelProtocol(asyncio.Protocol):
         "http",
         "last_rx",
         "peer",
-        "server",
         "session",
         "sni",
         "sni_host",
@@ -128,7 +127,6 @@ class TunnelProtocol(asyncio.Protocol):
 
     def __init__(self, ctx: TunnelContext) -> None:
         self.ctx = ctx
-        self.server = ctx.owner  # what InnerHTTP and the forwarder are given, as before
         self.transport: asyncio.Transport | None = None
         # The upgrade request's parser until it is answered; then `session` takes the stream.
         self._head: UpgradeParser | None = UpgradeParser()
@@ -321,7 +319,7 @@ class TunnelProtocol(asyncio.Protocol):
             self.transport.write(response)
         tls = TLSSession(ctx.tls_context(), server_side=True)
         self.session = TunnelSession(tls, server_side=True, max_message=MAX_MESSAGE)
-        self.http = InnerHTTP(self.server, self)
+        self.http = InnerHTTP(ctx.http, self)
         ctx.admitted(self)
         ctx.log.debug("tunnel connection opened", peer=self.peer)
         if rest:  # a client that did not wait for the 101

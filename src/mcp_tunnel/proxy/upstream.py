@@ -17,10 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from mcp_tunnel.config import UpstreamSettings
-from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
+from mcp_tunnel.errors import UpstreamConnectError as UpstreamConnectError
+from mcp_tunnel.errors import UpstreamDNSError as UpstreamDNSError
+from mcp_tunnel.errors import UpstreamRefused, UpstreamTimeout
+from mcp_tunnel.errors import UpstreamTLSError as UpstreamTLSError
 from mcp_tunnel.ippolicy import IPPolicy
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.dns import ThreadedResolver
@@ -28,24 +31,6 @@ from mcp_tunnel.routing import Route
 
 POOL_IDLE_SECONDS = 4.0  # below the 5 s keep-alive of common upstream servers (uvicorn)
 POOL_MAX_IDLE_PER_UPSTREAM = 64
-
-
-class UpstreamDNSError(UpstreamUnreachable):
-    """The upstream's name did not resolve, or not within `dns_timeout` (fail closed)."""
-
-    refusal: ClassVar[str] = "dns"
-
-
-class UpstreamConnectError(UpstreamUnreachable):
-    """No vetted address accepted the connection."""
-
-    refusal: ClassVar[str] = "connect"
-
-
-class UpstreamTLSError(UpstreamUnreachable):
-    """The TLS handshake with an https upstream failed (or it has no trust anchors)."""
-
-    refusal: ClassVar[str] = "tls"
 
 
 class Resolver(Protocol):
@@ -205,6 +190,13 @@ class UpstreamConnection:
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the upstream until `resume_reading` (the tunnel's peer is slow)."""
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
 
     def close(self) -> None:
         self.protocol.sink = None

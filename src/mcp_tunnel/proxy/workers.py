@@ -46,7 +46,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -57,16 +57,15 @@ from mcp_tunnel.config import Config, load_config
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.admin import _REASONS, MAX_REQUEST_HEAD, READ_TIMEOUT, TEXT
 from mcp_tunnel.proxy.metrics_sum import render_sum
+from mcp_tunnel.proxy.run import SCRAPE_TIMEOUT, WorkerSide, exit_now, load_tls, loop_factory, serve
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-    from mcp_tunnel.proxy.server import ProxyServer
 
 RESTART_FIRST = 0.25  # seconds before restarting a worker that died
 RESTART_MAX = 30.0
 STABLE_SECONDS = 30.0  # a worker that ran this long before dying starts the backoff over
-SCRAPE_TIMEOUT = 2.0  # per worker, for /metrics and /readyz
 STOP_MARGIN = 5.0  # beyond shutdown_timeout before a draining worker is killed
 PR_SET_PDEATHSIG = 1
 # How a drained worker ends: 0, or SIGTERM when a group-wide SIGTERM and the forwarded one both
@@ -164,46 +163,6 @@ def _quiet_flush(stream: TextIO) -> None:
         stream.flush()
 
 
-@dataclass
-class WorkerSide:
-    """What makes a proxy process a worker: the inherited listener and the private channel on
-    which the supervisor asks for its metrics and readiness."""
-
-    number: int
-    sock: socket.socket
-    control: str  # unix socket path, in the supervisor's 0700 directory
-    _server: asyncio.AbstractServer | None = field(default=None, repr=False)
-
-    async def start(self, proxy: ProxyServer) -> None:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                async with asyncio.timeout(SCRAPE_TIMEOUT):
-                    what = (await reader.readline()).strip()
-            except (TimeoutError, OSError, ValueError):
-                writer.close()
-                return
-            if what == b"metrics":
-                proxy.log.flush()  # counts the requests whose metrics wait for the log's flush
-                body = proxy.metrics.render()
-            elif what == b"readyz":
-                body = (proxy.readiness() or "").encode()
-            else:
-                body = b""
-            with contextlib.suppress(OSError):
-                writer.write(body)
-                await writer.drain()
-            writer.close()
-
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.control)  # a previous incarnation's socket
-        self._server = await asyncio.start_unix_server(answer, path=self.control)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-
 def _die_with_parent(parent: int) -> None:
     """SIGTERM (a drain) to this worker when the supervisor goes, even killed outright."""
     with contextlib.suppress(OSError, AttributeError):
@@ -227,8 +186,6 @@ def _worker_parser() -> argparse.ArgumentParser:
 
 def worker_main(argv: list[str]) -> int:
     """One worker: the proxy of `cli.serve` on the inherited socket, reporting to the supervisor."""
-    from mcp_tunnel.proxy.cli import load_tls, loop_factory, serve
-
     # Until `serve` installs its handlers: Ctrl-C reaches the supervisor, which drains us; a
     # SIGHUP forwarded while we start must not kill us (the config is read just below anyway).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -470,8 +427,6 @@ class Supervisor:
                 self.log.warn("second signal, exiting now", signal=signame)
                 self.log.flush()
                 self._signal_all(signal.SIGTERM)  # a worker's second signal: it exits at once
-                from mcp_tunnel.proxy.cli import exit_now
-
                 exit_now(1)
             self.draining = True
             timeout = f"{self.config.shutdown_timeout:g}s"

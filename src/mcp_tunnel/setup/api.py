@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_tunnel.errors import AmbiguousResult as AmbiguousResult
 from mcp_tunnel.setup.causes import tunnels_cause
 from mcp_tunnel.setup.errors import APIError, NetworkError, SetupError
 from mcp_tunnel.setup.report import Reporter
@@ -29,14 +30,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 TUNNELS_BETA = "mcp-tunnels-2026-06-22"
 PAGE_LIMIT = 100
 MAX_PAGES = 1000
-
-
-class AmbiguousResult(SetupError):
-    """A non-idempotent call whose outcome is unknown (answer lost, or a 5xx after sending)."""
-
-    def __init__(self, message: str, *, cause: Exception) -> None:
-        self.cause = cause
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
