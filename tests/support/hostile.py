@@ -138,7 +138,7 @@ class HostileProxy:
             found = [line for line in self.lines(since) if phrase in line]
             if len(found) >= n:
                 return found
-            if loop.time() > deadline or self.proc.proc.poll() is not None:
+            if loop.time() > deadline or self.proc.ended():
                 raise AssertionError(f"{phrase!r} logged {len(found)} < {n} times:\n" + self.log(since))
             await asyncio.sleep(0.01)  # polling the collected lines, with a deadline
 

@@ -93,7 +93,8 @@ class Stack:
             found = [line for line in list(self.proc.lines) if phrase in line]
             if len(found) >= n:
                 return found[n - 1]
-            if loop.time() > deadline or self.proc.proc.poll() is not None:
+            # Exited: still wait for the reader to take the last lines from the pipe.
+            if loop.time() > deadline or self.proc.ended():
                 raise AssertionError(f"{phrase!r} logged {len(found)} < {n} times:\n" + self.log())
             await asyncio.sleep(0.01)
 

@@ -59,6 +59,10 @@ class ProxyProcess:
         with self._cond:
             self._cond.notify_all()
 
+    def ended(self) -> bool:
+        """The process has exited and every line it (or a child holding its stderr) wrote is in."""
+        return self.proc.poll() is not None and not self._reader.is_alive()
+
     def wait_for(self, phrase: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -67,7 +71,7 @@ class ProxyProcess:
                     if phrase in line:
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                if remaining <= 0 or self.ended():
                     raise AssertionError(f"{phrase!r} not logged; got:\n" + "\n".join(self.lines))
                 self._cond.wait(min(remaining, 0.5))
 
