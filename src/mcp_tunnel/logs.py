@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from mcp_tunnel import redact
 
@@ -64,7 +64,7 @@ def _quoted(text: str) -> str:
 
 
 _time = time.time
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # the end of a stamp, by millisecond
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))  # the end of a stamp, by millisecond
 
 
 class _Clock:
@@ -83,7 +83,8 @@ class _Clock:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         # The milliseconds truncated (as %d would) and looked up: "%s.%03dZ" % (...) is a
         # generic formatting call in both builds (0.5-0.9 us a line); the table costs 10 KiB.
-        return self._prefix + _MILLIS[min(int((now - second) * 1000), 999)]
+        ms = int((now - second) * 1000)
+        return self._prefix + _MILLIS[ms if ms < 1000 else 999]
 
 
 class Logger:
