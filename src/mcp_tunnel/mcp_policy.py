@@ -5,14 +5,18 @@ bodies it forwards, on the routes that need it, and
 
 - audit: writes one ``mcp request`` line per request or notification (route, shortened
   ``Mcp-Session-Id``, method, the tool/prompt name or resource URI, JSON-RPC id, HTTP status,
-  outcome, duration) and counts it in ``mcp_tunnel_mcp_requests``. Never arguments, results or
-  any other body content;
+  outcome, duration) and counts it in ``mcp_tunnel_mcp_requests``. The outcome is the JSON-RPC
+  error code of the answer to the message's id, read from a JSON answer or from the events of an
+  SSE answer as they pass (`SseOutcomes`), both bounded by `MAX_BODY`. Never arguments, results
+  or any other body content;
 - policy: answers a ``tools/call`` for a denied tool itself (it never reaches the upstream),
   removes the denied tools from ``tools/list`` answers (JSON and SSE), and refuses with 400 a
   request body it cannot judge (not JSON, compressed, over `MAX_BODY`, not ``application/json``).
 
 The relay and the forwarder (proxy/forward.py) ask `McpPolicy.exchange` once per request, and
-only when the section is present; everything they then do with the answer is here.
+only when the section is present; everything they then do with the answer is here. This runs on
+every audited message, compiled with the request path: the costs and why each part is written
+as it is are in docs/mcp-policy.md ("Cost").
 """
 
 from __future__ import annotations
