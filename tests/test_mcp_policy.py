@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
+from fnmatch import fnmatchcase
 
 import pytest
 
 from mcp_tunnel.errors import BadRequest, UpstreamProtocolError
+from mcp_tunnel.http_rules import json_body
 from mcp_tunnel.mcp_policy import (
     MAX_BODY,
     McpExchange,
     McpPolicy,
     McpSettings,
+    SseEvents,
     SseFilter,
     ToolPolicy,
     denial,
     filter_tools,
+    json_doc,
     method_label,
     outcome_label,
     parse_messages,
@@ -236,3 +241,215 @@ def test_denied_records_and_labels() -> None:
     assert mex.answer is not None
     assert [r.outcome for r in mex.records(200, 0.1, "")] == ["denied"]
     assert method_label("tools/call") == "tools/call" and method_label("x/y") == "other"
+
+
+# --- the faster paths give what the plain ones give ------------------------------------------
+
+
+JSON_EDGES = [
+    b'{"a": 1}',
+    b'{"a": 1}  \r\n\t',
+    b'{"a": 1} x',
+    b'{"a": 1}{"b": 2}',
+    b"[1, 2, 3]",
+    b"[]",
+    b"{}",
+    b"{",
+    b"[",
+    b'{"a": NaN, "b": Infinity}',
+    b'{"a": "\\ud800"}',
+    b'{"a": "\xed\xa0\x80"}',  # a lone surrogate, UTF-8 encoded: json.loads takes it (surrogatepass)
+    b'{"a": "\xff"}',
+    b'{"a": "\xc3\xa9"}',
+    b'{"a": "\x01"}',  # a control character in a string: refused (strict)
+    b'{"a": 1, "a": 2}',  # the last one wins, as in json.loads
+    b"\xef\xbb\xbf{}",  # a UTF-8 BOM: json.loads's own path
+    '{"a": 1}'.encode("utf-16-le"),
+    '{"a": 1}'.encode("utf-16"),
+    '{"a": 1}'.encode("utf-32"),
+    b"{\x00",
+    b' {"a": 1}',
+    b"1",
+    b"null",
+    b"",
+    b"[" * 100_000,  # deeper than the parser goes: not JSON, no RecursionError
+    b"[" * 500 + b"]" * 500,
+]
+
+
+@pytest.mark.parametrize("body", JSON_EDGES, ids=range(len(JSON_EDGES)))
+def test_json_doc_is_what_json_loads_gives(body: bytes) -> None:
+    assert repr(json_doc(body)) == repr(json_body(body))  # repr: NaN is not equal to itself
+
+
+def test_json_doc_on_mutated_requests() -> None:
+    """Every single-byte change of a request parses (or not) as json.loads parses it."""
+    rng = random.Random(23)
+    seed = json.dumps(
+        [call("search_docs", 7), {"jsonrpc": "2.0", "method": "x", "params": [1.5, None]}]
+    ).encode()
+    for _ in range(3000):
+        i = rng.randrange(len(seed))
+        body = seed[:i] + bytes([rng.randrange(256)]) + seed[i + 1 :]
+        assert repr(json_doc(body)) == repr(json_body(body)), body
+
+
+def test_patterns_match_as_fnmatchcase() -> None:
+    rng = random.Random(5)
+    alphabet = "ab_*?[]!-."
+    for _ in range(400):
+        patterns = tuple("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 6))) for _ in range(3))
+        allow, deny = ToolPolicy(allow=patterns), ToolPolicy(deny=patterns)
+        for _ in range(10):
+            name = "".join(rng.choice("ab_-.[]") for _ in range(rng.randrange(0, 6)))
+            hit = any(fnmatchcase(name, p) for p in patterns)
+            assert allow.allows(name) is hit and deny.allows(name) is not hit, (patterns, name)
+    assert not ToolPolicy(allow=()).allows("x") and ToolPolicy(deny=()).allows("x")
+    assert ToolPolicy(allow=("a*",)) == ToolPolicy(allow=("a*",)) != ToolPolicy(deny=("a*",))
+
+
+# --- SSE: events cut as they come, outcomes read from them -------------------------------------
+
+
+def _events_at_once(stream: bytes) -> tuple[list[bytes], bytes]:
+    """The reference: events cut from the whole stream at its earliest blank line each time."""
+    out = []
+    while True:
+        ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := stream.find(sep)) >= 0]
+        if not ends:
+            return out, stream
+        out.append(stream[: min(ends)])
+        stream = stream[min(ends) :]
+
+
+def test_sse_events_are_cut_as_the_whole_stream_would_be() -> None:
+    rng = random.Random(11)
+    for _ in range(500):
+        stream = bytes(rng.choice(b"ab:\r\n") for _ in range(rng.randrange(0, 60)))
+        events = SseEvents()
+        got: list[bytes] = []
+        pos = 0
+        while pos < len(stream):
+            step = rng.randrange(1, 8)
+            got += events.split(stream[pos : pos + step])
+            pos += step
+        assert (got, events.rest()) == _events_at_once(stream), stream
+
+
+def test_sse_events_many_in_one_piece() -> None:
+    stream = b"".join(b"data: %d\n\n" % i for i in range(2000)) + b"data: 1\r\n\r\n" + b"data: open"
+    events = SseEvents()
+    got = events.split(stream)
+    assert len(got) == 2001 and got[1999] == b"data: 1999\n\n" and got[2000] == b"data: 1\r\n\r\n"
+    assert events.held == len(b"data: open") and events.rest() == b"data: open"
+
+
+SSE = [(b"content-type", b"text/event-stream")]
+
+
+def sse_event(doc: object, *, crlf: bool = True) -> bytes:
+    end = b"\r\n" if crlf else b"\n"
+    return b"event: message" + end + b"data: " + json.dumps(doc).encode() + end + end
+
+
+def audited_stream(
+    policy: ToolPolicy | None, body: object, pieces: list[bytes], status: int = 200
+) -> McpExchange:
+    """An audited exchange whose event-stream answer passes in `pieces`, as the relay gives it."""
+    mex = exchange(policy)
+    mex.judge(json.dumps(body).encode())
+    headers = list(SSE)
+    assert not mex.head(status, headers)
+    for piece in pieces:
+        if mex.sse is not None:
+            piece = mex.sse.feed(piece)
+            if not piece:
+                continue
+        if mex.peeking:
+            mex.peek(piece)
+    return mex
+
+
+def cut(stream: bytes, size: int) -> list[bytes]:
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+def test_sse_error_answer_gives_its_code(size: int) -> None:
+    progress = {
+        "jsonrpc": "2.0",
+        "method": "notifications/message",
+        "params": {"level": "error", "data": "x"},
+    }
+    error = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32001, "message": "tool failed"}}
+    stream = sse_event(progress) + sse_event(error, crlf=False)
+    mex = audited_stream(None, call("search_docs", 3), cut(stream, size))
+    assert not mex.peeking  # the answer owed was seen: nothing more is looked at
+    [record] = mex.records(200, 1.0, "")
+    assert (record.name, record.id, record.outcome) == ("search_docs", "3", "-32001")
+    assert outcome_label(record.outcome) == "error"
+
+
+def test_sse_ok_answer_ends_the_look_without_a_parse() -> None:
+    answer = {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "ok"}]}}
+    later = {"jsonrpc": "2.0", "id": 3, "error": {"code": -32603, "message": "never looked at"}}
+    mex = audited_stream(None, call("get_page", 3), [sse_event(answer), sse_event(later)])
+    assert not mex.peeking and mex.records(200, 1.0, "")[0].outcome == "ok"
+
+
+def test_sse_answers_of_a_batch_and_other_ids() -> None:
+    body = [call("a", 1), call("b", 2), {"jsonrpc": "2.0", "method": "notifications/x"}]
+    stream = (
+        sse_event({"jsonrpc": "2.0", "id": 9, "error": {"code": -32600, "message": "not ours"}})
+        + sse_event({"jsonrpc": "2.0", "id": 1, "result": {}})
+        + sse_event(
+            [
+                {"jsonrpc": "2.0", "id": 2, "error": {"code": -32602, "message": "bad"}},
+                {"jsonrpc": "2.0", "id": 1, "result": {"error": "in a result"}},
+            ]
+        )
+    )
+    mex = audited_stream(None, body, cut(stream, 5))
+    assert [(r.id, r.outcome) for r in mex.records(200, 1.0, "")] == [
+        ("1", "ok"),
+        ("2", "-32602"),
+        ("", "ok"),
+    ]
+    assert not mex.peeking
+
+
+def test_sse_outcome_look_is_bounded_and_falls_back_to_the_status() -> None:
+    filler = sse_event({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"p": "x" * 60_000}})
+    error = sse_event({"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "late"}})
+    mex = audited_stream(None, call("a", 1), [filler] * 20 + [error])
+    assert not mex.peeking and mex.events is not None and mex.events.done
+    assert mex.records(200, 1.0, "")[0].outcome == "ok"  # past MAX_BODY: the status decides
+    unfinished = audited_stream(None, call("a", 1), [b"data: " + b"x" * (MAX_BODY + 10)])
+    assert not unfinished.peeking  # an endless event is not held past the bound either
+    assert unfinished.records(200, 1.0, "")[0].outcome == "ok"
+    cut_off = audited_stream(None, call("a", 1), [error[:-4]])  # ended before its blank line
+    assert cut_off.records(200, 1.0, "")[0].outcome == "ok"
+    assert cut_off.records(502, 1.0, "upstream ended the response early")[0].outcome == "http_502"
+
+
+def test_sse_filtered_and_audited_stream() -> None:
+    """On a policy route the relay gives the filtered events; their outcomes are read all the same."""
+    body = [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, call("get_page", 2)]
+    stream = sse_event(tools_result("get_page", "delete_page")) + sse_event(
+        {"jsonrpc": "2.0", "id": 2, "error": {"code": -32002, "message": "gone"}}
+    )
+    mex = audited_stream(ALLOW, body, cut(stream, 9))
+    assert mex.sse is not None
+    assert [(r.method, r.outcome) for r in mex.records(200, 1.0, "")] == [
+        ("tools/list", "ok"),
+        ("tools/call", "-32002"),
+    ]
+
+
+def test_sse_notifications_only_and_not_audited_are_not_read() -> None:
+    mex = exchange(None)
+    mex.judge(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode())
+    assert not mex.head(200, list(SSE)) and not mex.peeking and mex.events is None
+    failed = exchange(None)
+    failed.judge(json.dumps(call("a", 1)).encode())
+    assert not failed.head(500, list(SSE)) and not failed.peeking  # the status says it all

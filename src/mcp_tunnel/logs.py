@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from mcp_tunnel import redact
 
@@ -64,6 +64,7 @@ def _quoted(text: str) -> str:
 
 
 _time = time.time
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))  # the end of a stamp, by millisecond
 
 
 class _Clock:
@@ -80,8 +81,10 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        # %d truncates as int() does, at half the cost of f"{int(...):03d}"
-        return "%s.%03dZ" % (self._prefix, (now - second) * 1000)  # noqa: UP031
+        # The milliseconds truncated (as %d would) and looked up: "%s.%03dZ" % (...) is a
+        # generic formatting call in both builds (0.5-0.9 us a line); the table costs 10 KiB.
+        ms = int((now - second) * 1000)
+        return self._prefix + _MILLIS[ms if ms < 1000 else 999]
 
 
 class Logger:
@@ -243,14 +246,16 @@ class Logger:
     ) -> None:
         if self.json:
             # The bytes json.dumps writes for the same record (tested), without building it: the
-            # audit line is on every MCP message.
+            # audit line is on every MCP message. No conversion (`!r`) or format spec in the
+            # f-string: mypyc then builds it with str.format, piece by piece (2 us more); str of a
+            # float is its repr.
             q = encode_basestring_ascii
             named = f', "name": {q(name)}' if name else ""
             ident = f', "id": {q(msg_id)}' if msg_id else ""
             self._put(
                 f'{{"time": {q(self._clock.stamp(now))}, "level": "info", "msg": "mcp request", '
                 f'"route": {q(route)}, "session": {q(session)}, "method": {q(method)}{named}{ident}, '
-                f'"status": {status}, "outcome": {q(outcome)}, "duration_ms": {float(duration_ms)!r}}}\n'
+                f'"status": {status}, "outcome": {q(outcome)}, "duration_ms": {float(duration_ms)}}}\n'
             )
             return
         if not _BARE(f"{route}{session}{method}{name}{msg_id}{outcome}"):  # one match for all

@@ -29,7 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_tunnel.client.httpx_transport import TunnelTransport
 from support.pki import PKI
 from support.proxy import RunningProxy, start_proxy
-from support.upstreams import RecordingUpstream
+from support.upstreams import Received, RecordingUpstream
 
 ARG_MARKER = "ARGSECRET-7f3a"
 RESULT_MARKER = "RESULTSECRET-91bc"
@@ -60,6 +60,13 @@ async def wiki_server(host: str, *, json_response: bool, calls: list[str]) -> As
         calls.append(f"close_ticket:{ticket}")
         return "closed"
 
+    async with serve(server, host, json_response=json_response) as port:
+        yield port
+
+
+@asynccontextmanager
+async def serve(server: MCPServer, host: str, *, json_response: bool) -> AsyncIterator[int]:
+    """`server` over streamable HTTP on a loopback port, answering in JSON or in SSE form."""
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=[host])
     app = server.streamable_http_app(json_response=json_response, transport_security=security)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -294,3 +301,93 @@ async def test_route_without_policy_passes_any_body(tmp: Path, pki: PKI, upstrea
         await proxy.stop()
     assert status == 200
     assert upstream.requests[-1].body == b"\x00\x01 not json"
+
+
+@MODES
+async def test_json_rpc_errors_are_the_audit_outcome(json_response: bool, tmp: Path, pki: PKI) -> None:
+    """A JSON-RPC error answer gives the audit line its code, in a JSON answer and in an event
+    stream alike; a tool that fails inside its result (isError) is a JSON-RPC success: `ok`."""
+    host = pki.host("wiki")
+    server = MCPServer("wiki")
+
+    @server.tool()
+    def locked_page(title: str) -> str:
+        raise MCPError(code=-32001, message=f"locked {RESULT_MARKER}")
+
+    @server.tool()
+    def broken_page(title: str) -> str:
+        raise RuntimeError(f"broken {RESULT_MARKER}")
+
+    async with serve(server, host, json_response=json_response) as port:
+        proxy = await start_proxy(
+            tmp, pki, {"wiki": f"http://127.0.0.1:{port}"}, log_format="json", mcp={"audit": True}
+        )
+        try:
+            async with session_through(proxy, host) as session:
+                with pytest.raises(MCPError) as locked:
+                    await session.call_tool("locked_page", {"title": ARG_MARKER})
+                assert locked.value.error.code == -32001
+                broken = await session.call_tool("broken_page", {"title": ARG_MARKER})
+                assert broken.is_error
+                with pytest.raises(MCPError) as unknown:
+                    await session.read_resource("wiki://nowhere")
+                assert unknown.value.error.code == -32602
+                await session.send_ping()
+        finally:
+            await proxy.stop()
+    outcomes = [(r["method"], r.get("name"), r["outcome"]) for r in audit_records(proxy)]
+    assert ("tools/call", "locked_page", "-32001") in outcomes
+    assert ("tools/call", "broken_page", "ok") in outcomes
+    assert ("resources/read", "wiki://nowhere", "-32602") in outcomes
+    assert ("ping", None, "ok") in outcomes
+    text = "\n".join(proxy.log_lines())
+    assert ARG_MARKER not in text and RESULT_MARKER not in text
+    metrics = proxy.server.metrics.render().decode()
+    assert 'mcp_tunnel_mcp_requests_total{method="tools/call",outcome="error",route="wiki"} 1.0' in metrics
+    assert (
+        'mcp_tunnel_mcp_requests_total{method="resources/read",outcome="-32602",route="wiki"} 1.0' in metrics
+    )
+
+
+async def test_filtered_event_stream_still_gives_outcomes(tmp: Path, pki: PKI) -> None:
+    """A policy route with audit: an SSE answer to a batch is filtered (tools/list) and read
+    (the call's error code) in the same pass, its events cut across the upstream's writes."""
+    listed = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "get_page"}, {"name": "delete_page"}]}}
+    failed = {"jsonrpc": "2.0", "id": 2, "error": {"code": -32002, "message": f"gone {RESULT_MARKER}"}}
+    stream = b"".join(
+        b"event: message\r\ndata: " + json.dumps(doc).encode() + b"\r\n\r\n" for doc in (listed, failed)
+    )
+
+    async def sse_answer(req: Received, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for i in range(0, len(stream), 40):
+            piece = stream[i : i + 40]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    upstream = await RecordingUpstream(handler=sse_answer).start()
+    proxy = await start_proxy(
+        tmp,
+        pki,
+        {"wiki": f"http://127.0.0.1:{upstream.port}"},
+        log_format="json",
+        mcp={"audit": True, "routes": {"wiki": {"allow_tools": ["get_page"]}}},
+    )
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_page", "arguments": {}}},
+    ]
+    try:
+        status, data = await raw_post(proxy, pki.host("wiki"), json.dumps(batch).encode(), JSON_HEADERS)
+    finally:
+        await proxy.stop()
+        await upstream.close()
+    assert status == 200
+    events = [json.loads(line[len(b"data: ") :]) for line in data.splitlines() if line.startswith(b"data: ")]
+    assert events[0]["result"]["tools"] == [{"name": "get_page"}] and events[1] == failed
+    outcomes = [(r["method"], r["outcome"]) for r in audit_records(proxy)]
+    assert outcomes == [("tools/list", "ok"), ("tools/call", "-32002")]
+    assert RESULT_MARKER not in "\n".join(proxy.log_lines())

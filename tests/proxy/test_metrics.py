@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mcp_tunnel.certs.reload import _REASONS as TLS_REASONS
 from mcp_tunnel.errors import (
@@ -108,6 +109,35 @@ def test_route_children_cached_and_removed_routes_dropped() -> None:
     s = parse_metrics(m.render().decode())
     assert not any(dict(labels).get("route") == "docs" for _, labels in s)
     assert sample(s, "mcp_tunnel_requests_total", route="echo", status_class="2xx") == 2
+
+
+def test_mcp_counts_read_as_a_prometheus_counter_would() -> None:
+    """`mcp_tunnel_mcp_requests` is counted in plain numbers: scraped, it is what a prometheus
+    `Counter` with the same increments exposes (its ``_created`` series aside), and a route
+    removed by a reload takes its series with it."""
+    m = Metrics(process=False)
+    m.routes_configured(["wiki", "tickets"])
+    reference = CollectorRegistry()
+    counter = Counter(
+        m.mcp_requests.name, m.mcp_requests.documentation, m.mcp_requests.labels, registry=reference
+    )
+    incs = [("wiki", "tools/call", "ok")] * 3 + [
+        ("wiki", "tools/call", "denied"),
+        ("tickets", "ping", "-32601"),
+    ]
+    for labels in incs:
+        m.mcp_request(*labels)
+        counter.labels(*labels).inc()
+    ours = [line for line in m.render().decode().splitlines() if "mcp_tunnel_mcp_requests" in line]
+    theirs = [line for line in generate_latest(reference).decode().splitlines() if "_created" not in line]
+    assert ours == theirs and len(ours) == 5
+    assert m.mcp_requests.value("wiki", "tools/call", "ok") == 3
+    m.routes_configured(["wiki"])
+    s = parse_metrics(m.render().decode())
+    assert not any(dict(labels).get("route") == "tickets" for _, labels in s)
+    assert (
+        sample(s, "mcp_tunnel_mcp_requests_total", route="wiki", method="tools/call", outcome="denied") == 1
+    )
 
 
 # --- end to end ----------------------------------------------------------------------------------

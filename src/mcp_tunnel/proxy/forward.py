@@ -284,7 +284,7 @@ class ResponseRelay:
                 body = mcp.sse.feed(body)
                 if not body:
                     return
-            elif mcp.peeking:  # an audited JSON answer: passes unchanged, read at the end
+            if mcp.peeking:  # an audited answer (JSON, events) passes unchanged, read as it goes
                 mcp.peek(body)
         oauth = self.oauth
         if oauth is not None and oauth.holding:
