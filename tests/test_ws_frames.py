@@ -915,3 +915,12 @@ def test_a_continuation_counts_toward_the_message_after_a_finished_one() -> None
     with pytest.raises(FrameError) as failure:
         parser.feed(raw(BINARY, bytes(2), fin=False) + raw(CONT, bytes(9)))
     assert failure.value.code == 1009
+
+
+def test_a_refused_stream_holds_no_bytes() -> None:
+    """After a FrameError the parser keeps nothing of what it was fed (the tunnel is closing)."""
+    parser = FrameParser(masked=False, max_message=None)
+    assert parser.feed(raw(BINARY, b"abc")[:1]) == [] and parser.buffered == 1
+    with pytest.raises(FrameError):
+        parser.feed(raw(BINARY, b"abc")[1:] + raw(BINARY, b"x", rsv=0x40))
+    assert parser.buffered == 0

@@ -168,6 +168,7 @@ async def test_dns_failure_dials_nothing() -> None:
     assert dial.dialled == []
 
 
+@pytest.mark.timeout(10)  # a timeout mutated away hangs: fail fast, as a failure (./dev mutants)
 async def test_dns_timeout_dials_nothing() -> None:
     class Silent:
         async def resolve(self, host: str, port: int) -> list[str]:
@@ -444,6 +445,7 @@ async def test_the_resolver_is_asked_for_the_route_host_and_port() -> None:
     assert lines(logs) == []  # an all-allowed answer is not worth a line
 
 
+@pytest.mark.timeout(10)  # a timeout mutated away hangs: fail fast, as a failure (./dev mutants)
 async def test_dns_timeout_line_and_error() -> None:
     class Silent:
         async def resolve(self, host: str, port: int) -> list[str]:
@@ -532,6 +534,7 @@ async def test_https_route_without_trust_anchors_dials_nothing() -> None:
     assert dial.dialled == []
 
 
+@pytest.mark.timeout(10)  # a timeout mutated away hangs: fail fast, as a failure (./dev mutants)
 async def test_a_dial_that_times_out_falls_over_to_the_next_allowed_address() -> None:
     dial = HangingDial(hang={"127.0.0.1"})
     connector, _ = json_connector(PortResolver(["127.0.0.1", "127.0.0.3"]), dial, connect_timeout=0.01)
@@ -540,6 +543,7 @@ async def test_a_dial_that_times_out_falls_over_to_the_next_allowed_address() ->
     assert dial.dialled == ["127.0.0.1", "127.0.0.3"]
 
 
+@pytest.mark.timeout(10)  # a timeout mutated away hangs: fail fast, as a failure (./dev mutants)
 async def test_every_dial_timing_out_is_a_504_timeout() -> None:
     dial = HangingDial(hang={"127.0.0.1", "127.0.0.3"})
     connector, _ = json_connector(PortResolver(["127.0.0.1", "127.0.0.3"]), dial, connect_timeout=0.01)
