@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_tunnel.errors import BadRequest, NoRoute, VersionNotSupported
+from mcp_tunnel.errors import BadRequest, HeadersTooLarge, NoRoute, ProxyError, VersionNotSupported
 from mcp_tunnel.http_rules import (
+    LAST_CHUNK,
     Headers,
     RequestHead,
+    chunk,
     downstream_response_head,
     error_response,
+    header_value,
+    is_compressed,
+    is_json_media,
+    json_body,
+    media_type,
     upstream_request_head,
     validate_request,
+    with_length,
 )
 from mcp_tunnel.mcp_policy import json_answer
 
@@ -64,6 +72,7 @@ def _ok(headers: Headers, *, method: str = "POST", target: bytes = b"/mcp?x=1") 
         ([(b"host", b"[::1]:0")], b"/", BAD_HOST),
         ([(b"host", b"[::1")], b"/", BAD_HOST),
         ([(b"host", b"echo]")], b"/", BAD_HOST),
+        ([(b"host", b"echo:000080")], b"/", BAD_HOST),  # five digits at most, even for a small port
         # The absolute-form authority passes the same check as Host.
         ([HOST], b"http://echo.tunnel.test:abc/", BAD_TARGET),
         ([HOST], b"http://echo.tunnel.test:/", BAD_TARGET),
@@ -72,6 +81,8 @@ def _ok(headers: Headers, *, method: str = "POST", target: bytes = b"/mcp?x=1") 
         ([HOST], b"http://echo.tunnel.test:443:443/", "Bad request: request target does not match Host"),
         ([HOST], b"http://[echo.tunnel.test]/", BAD_TARGET),  # urlsplit's own ValueError
         ([HOST], b"http://[::1/", BAD_TARGET),
+        # Userinfo in the authority, even where routing would cut it off with the "port".
+        ([HOST], b"http://echo.tunnel.test:4@3/", "Bad request: request target does not match Host"),
     ],
 )  # fmt: skip
 def test_refusals(headers: Headers, target: bytes, body: str) -> None:
@@ -234,3 +245,168 @@ def test_the_proxys_own_answers_come_from_the_same_writer() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
         b"Connection: close\r\n\r\n{}"
     )
+
+
+@pytest.mark.parametrize(
+    ("headers", "target", "reason"),
+    [
+        ([HOST, (b"host", b"x")], b"/", "more than one Host header"),
+        ([], b"/", "missing Host header"),
+        ([HOST, (CL, b"1"), (TE, b"chunked")], b"/", "both Content-Length and Transfer-Encoding"),
+        ([HOST, (CL, b"x")], b"/", "invalid Content-Length"),
+        ([HOST, (TE, b"gzip")], b"/", "unsupported Transfer-Encoding"),
+        ([(b"host", b"\xc3\xa9")], b"/", "non-ASCII Host"),
+        ([(b"host", b"a b")], b"/", "invalid Host"),
+        ([HOST], b"http://other.test/", "absolute-form target does not match Host"),
+        ([HOST], b"http://[::1/", "invalid request target"),
+        ([HOST], b"http://echo.tunnel.test:abc/", "invalid request target"),
+        ([HOST], b"mcp", "invalid request target"),
+    ],
+)  # fmt: skip
+def test_refusal_reasons(headers: Headers, target: bytes, reason: str) -> None:
+    """The reason is what the proxy logs; the body (test_refusals) is what the client reads."""
+    with pytest.raises(BadRequest) as refused:
+        _ok(headers, target=target)
+    assert refused.value.reason == str(refused.value) == reason
+
+
+def test_version_refusal_reason_names_the_version() -> None:
+    with pytest.raises(VersionNotSupported) as refused:
+        validate_request("GET", b"/", "2.0", [HOST], keep_alive=True)
+    assert refused.value.reason == "HTTP/2.0 request"
+
+
+def test_list_forms_of_the_framing_headers() -> None:
+    """RFC 9110 §5.6.1: empty list elements are ignored; a list of one repeated length is that length."""
+    assert _ok([HOST, (CL, b"5, 5")]).content_length == 5
+    assert _ok([HOST, (CL, b"7")]).content_length == 7
+    assert _ok([HOST, (TE, b",chunked")]).chunked
+    assert _ok([HOST, (TE, b""), (TE, b"chunked")]).chunked
+    for codings in (b"chunked,chunked", b"gzip,chunked"):
+        with pytest.raises(BadRequest):
+            _ok([HOST, (TE, codings)])
+
+
+def test_connection_tokens_without_spaces_are_dropped_both_ways() -> None:
+    request = _ok([HOST, (b"connection", b"close,x-hop"), (b"x-hop", b"1"), (b"a", b"1"), (b"b", b"2")])
+    assert request.headers == [(b"a", b"1"), (b"b", b"2")]
+    assert upstream_request_head(request, host_header=b"h", forwarded_host=b"h") == (
+        b"POST /mcp?x=1 HTTP/1.1\r\nHost: h\r\na: 1\r\nb: 2\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: h\r\n\r\n"
+    )
+    headers = [(b"connection", b"keep-alive,x-hop"), (b"x-hop", b"1"), (b"a", b"1"), (b"b", b"2")]
+    framing = downstream_response_head(200, b"OK", headers, request_method="GET", keep_alive=True)
+    assert framing.head == b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("status", [100, 101, 102, 103, 199])
+def test_informational_responses_have_no_body(status: int) -> None:
+    framing = downstream_response_head(status, b"X", [], request_method="GET", keep_alive=True)
+    assert (framing.head, framing.chunked, framing.has_body) == (
+        b"HTTP/1.1 %d X\r\n\r\n" % status,
+        False,
+        False,
+    )
+    framing = downstream_response_head(200, b"OK", [], request_method="GET", keep_alive=True)
+    assert framing.has_body
+
+
+@pytest.mark.parametrize(
+    ("error", "keep_alive", "head_request", "expected"),
+    [
+        (
+            BadRequest("x", body="Bad request: missing Host header"),
+            True,
+            False,
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 33\r\n"
+            b"\r\nBad request: missing Host header\n",
+        ),
+        (
+            NoRoute("x"),
+            False,
+            False,
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n"
+            b"Connection: close\r\n\r\nNo route configured for host\n",
+        ),
+        (
+            HeadersTooLarge("x"),
+            False,
+            True,  # the same head, no body: the Content-Length is the one a GET would get
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(HeadersTooLarge.body) + 1),
+        ),
+    ],
+)  # fmt: skip
+def test_error_response_bytes(
+    error: ProxyError, keep_alive: bool, head_request: bool, expected: bytes
+) -> None:
+    assert error_response(error, keep_alive=keep_alive, head_request=head_request) == expected
+    if not head_request:  # a GET by default
+        assert error_response(error, keep_alive=keep_alive) == expected
+
+
+# --- the body helpers of mcp_policy and oauth_rewrite -------------------------------------------
+
+
+def test_header_value_is_the_first_of_that_name() -> None:
+    headers = [(b"a", b"1"), (b"content-type", b"x/y"), (b"content-type", b"z/w")]
+    assert header_value(headers, b"content-type") == b"x/y"
+    assert header_value(headers, b"b") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "media"),
+    [
+        (None, b""),
+        (b"application/json", b"application/json"),
+        (b" Application/JSON ; charset=utf-8; q=1", b"application/json"),
+        (b"text/event-stream;charset=utf-8", b"text/event-stream"),
+        (b"", b""),
+    ],
+)
+def test_media_type(value: bytes | None, media: bytes) -> None:
+    headers: Headers = [(b"x", b"1")] + ([] if value is None else [(b"content-type", value)])
+    assert media_type(headers) == media
+
+
+@pytest.mark.parametrize(
+    ("media", "json"),
+    [
+        (b"application/json", True),
+        (b"application/problem+json", True),
+        (b"application/jsonx", False),
+        (b"text/json-ish", False),
+        (b"text/plain", False),
+        (b"", False),
+    ],
+)
+def test_is_json_media(media: bytes, json: bool) -> None:
+    assert is_json_media(media) is json
+
+
+@pytest.mark.parametrize(
+    ("value", "compressed"),
+    [(None, False), (b"", False), (b" Identity ", False), (b"gzip", True), (b"BR", True)],
+)
+def test_is_compressed(value: bytes | None, compressed: bool) -> None:
+    headers: Headers = [(b"x", b"1")] + ([] if value is None else [(b"content-encoding", value)])
+    assert is_compressed(headers) is compressed
+
+
+def test_json_body() -> None:
+    assert json_body(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    assert json_body(b"not json") is None
+    assert json_body(b"\xff") is None
+    assert json_body(b"[" * 100_000) is None
+
+
+def test_with_length_replaces_the_framing() -> None:
+    headers = [(b"content-length", b"3"), (b"a", b"1"), (b"transfer-encoding", b"chunked"), (b"b", b"2")]
+    assert with_length(headers, 1234) == [(b"a", b"1"), (b"b", b"2"), (b"content-length", b"1234")]
+    assert headers[0] == (b"content-length", b"3")  # a new list: the caller's is not changed
+
+
+def test_chunk_framing() -> None:
+    assert chunk(b"hello") == b"5\r\nhello\r\n"
+    assert chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
+    assert LAST_CHUNK == b"0\r\n\r\n"

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from mcp_tunnel.ippolicy import RFC1918, IPPolicy
+from mcp_tunnel.ippolicy import RFC1918, IPPolicy, covering_network
 
 
 def test_default_is_the_three_rfc1918_ranges() -> None:
@@ -112,3 +112,23 @@ def test_partition_keeps_resolver_order() -> None:
     allowed, refused = IPPolicy().partition(["8.8.8.8", "10.0.0.2", "127.0.0.1", "10.0.0.1", "::1"])
     assert allowed == ["10.0.0.2", "10.0.0.1"]
     assert refused == ["8.8.8.8", "127.0.0.1", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("addresses", "network"),
+    [
+        (["8.8.8.8"], "8.8.8.8/32"),
+        (["10.0.0.1", "10.0.0.2"], "10.0.0.0/30"),  # the first address need not be the network's
+        (["10.0.0.2", "10.0.0.1"], "10.0.0.0/30"),
+        (["10.0.0.1", "10.0.0.0"], "10.0.0.0/31"),
+        (["192.168.1.7", "192.168.200.1"], "192.168.0.0/16"),
+        (["10.0.0.0", "100.0.0.0"], "0.0.0.0/1"),
+        (["10.0.0.0", "200.0.0.0"], "0.0.0.0/0"),
+        (["0.0.0.0", "255.255.255.255", "1.2.3.4"], "0.0.0.0/0"),
+    ],
+)
+def test_covering_network_is_the_narrowest(addresses: list[str], network: str) -> None:
+    """The doctor's "add this CIDR" advice: every address inside, and no narrower network would do."""
+    net = covering_network(addresses)
+    assert net == IPv4Network(network)
+    assert all(IPv4Address(a) in net for a in addresses)

@@ -26,6 +26,9 @@ DOMAIN = "abcd1234.tunnel.anthropic.com"
         ("10.0.0.1:8080", "10.0.0.1"),
         ("  echo.example.com  ", "echo.example.com"),
         ("", ""),
+        ("[::1", "::1"),  # no closing bracket: the rest is the literal
+        ("[::1]:80]", "::1"),  # the first `]` closes the literal; what follows is the port's
+        ("e:80", "e"),
     ],
 )
 def test_normalize_host(raw: str, host: str) -> None:
@@ -105,3 +108,9 @@ def test_route_properties() -> None:
     r = Route("echo", "https", "hello-mcp", 9443)
     assert r.upstream == "https://hello-mcp:9443"
     assert r.authority == "hello-mcp:9443"
+
+
+def test_suffix_match_with_a_one_letter_subdomain() -> None:
+    routes = {"a": route("a")}
+    assert Router(routes, DOMAIN).lookup(f"a.{DOMAIN}") is routes["a"]
+    assert Router(routes, DOMAIN).lookup(f".{DOMAIN}") is None

@@ -837,3 +837,90 @@ def test_fuzz_agrees_with_websockets() -> None:
     assert tally["accepted"] > 500, tally
     assert tally["rejected"] > 800, tally
     assert tally["completed"] > 20, tally
+
+
+# What a broken rule says -----------------------------------------------------------------------------
+
+
+def rule_reason(case_id: str, max_message: int | None) -> str:
+    """The close reason each rule's refusal carries: it goes out in the close frame we answer with."""
+    if case_id.startswith("rsv"):
+        return "reserved bits must be 0"
+    if case_id.startswith("opcode-"):
+        return f"invalid opcode {int(case_id.removeprefix('opcode-'), 16):#x}"
+    if case_id.startswith("fragmented-"):
+        return "fragmented control frame"
+    if case_id in ("ping-126", "pong-65536", "close-126"):
+        return "control frame too long"
+    if case_id.startswith("continuation-"):
+        return "unexpected continuation frame"
+    if "-inside-message" in case_id:
+        return "expected a continuation frame"
+    if case_id.startswith("length-"):
+        return "frame length has its top bit set"
+    assert case_id.startswith("too-big"), case_id
+    return f"message over {max_message} bytes"
+
+
+@pytest.mark.parametrize(("case_id", "frames", "max_message", "code"), RULES, ids=[c[0] for c in RULES])
+def test_rule_reason(
+    case_id: str,
+    frames: Callable[[bytes | None], list[bytes]],
+    max_message: int | None,
+    code: int,
+    side: bool,
+) -> None:
+    with pytest.raises(FrameError) as failure:
+        FrameParser(masked=side, max_message=max_message).feed(b"".join(frames(KEY if side else None)))
+    error = failure.value
+    assert (error.code, error.reason, str(error)) == (code, rule_reason(case_id, max_message), error.reason)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_masking_reason(masked: bool) -> None:
+    with pytest.raises(FrameError) as failure:
+        FrameParser(masked=masked, max_message=None).feed(raw(BINARY, b"x", key=None if masked else KEY))
+    assert (failure.value.code, str(failure.value)) == (1002, "incorrect masking")
+
+
+@pytest.mark.parametrize(
+    ("payload_", "code", "reason"),
+    [
+        (b"\x03", 1002, "close frame too short"),
+        (struct.pack("!H", 999), 1002, "invalid close code 999"),
+        (struct.pack("!H", 1005), 1002, "invalid close code 1005"),
+        (struct.pack("!H", 1000) + b"\xff", 1007, "close reason is not UTF-8"),
+    ],
+)
+def test_parse_close_reasons(payload_: bytes, code: int, reason: str) -> None:
+    with pytest.raises(FrameError) as failure:
+        parse_close(payload_)
+    assert (failure.value.code, failure.value.reason, str(failure.value)) == (code, reason, reason)
+
+
+def test_close_payload_without_a_reason_is_the_code_alone() -> None:
+    assert close_payload(1000) == b"\x03\xe8"
+    assert close_payload(1001, "bye") == b"\x03\xe9bye"
+
+
+def test_a_continuation_counts_toward_the_message_after_a_finished_one() -> None:
+    """The size of a message starts again at each new message, whatever the last one's was."""
+    parser = FrameParser(masked=False, max_message=10)
+    frames = parser.feed(raw(BINARY, bytes(8)) + raw(BINARY, bytes(2), fin=False) + raw(CONT, bytes(8)))
+    assert [(f.opcode, f.fin, len(f.payload)) for f in frames] == [
+        (BINARY, True, 8),
+        (BINARY, False, 2),
+        (CONT, True, 8),
+    ]
+    with pytest.raises(FrameError) as failure:
+        parser.feed(raw(BINARY, bytes(2), fin=False) + raw(CONT, bytes(9)))
+    assert failure.value.code == 1009
+
+
+def test_a_refused_stream_holds_no_bytes() -> None:
+    """After a FrameError the parser keeps nothing of what it was fed (the tunnel is closing)."""
+    parser = FrameParser(masked=False, max_message=None)
+    assert parser.feed(raw(BINARY, b"abc")[:1]) == [] and parser.buffered == 1
+    with pytest.raises(FrameError):
+        parser.feed(raw(BINARY, b"abc")[1:] + raw(BINARY, b"x", rsv=0x40))
+    assert parser.buffered == 0

@@ -15,6 +15,7 @@ from mcp_tunnel.ws_handshake import (
     UpgradeRequest,
     accept,
     check_upgrade,
+    refused,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -165,3 +166,153 @@ def test_size_limits() -> None:
         UpgradeParser().feed(head(GOOD + [(f"X-{i}", "1") for i in range(MAX_HEADERS - len(GOOD))]))
         is not None
     )
+
+
+# --- every refusal, byte for byte -----------------------------------------------------------------
+
+BROWSER = "You cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n"
+
+
+def _response(status: str, body: str, *headers: str) -> bytes:
+    """A refusal as RFC 9112 frames it: status line, headers, our three, blank line, body."""
+    data = body.encode()
+    lines = [f"HTTP/1.1 {status}", *headers, "Content-Type: text/plain; charset=utf-8"]
+    lines += ["Connection: close", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def _refusal(data: bytes) -> UpgradeRefused:
+    with pytest.raises(UpgradeRefused) as info:
+        request, _ = parse(data)
+        check_upgrade(request)
+        accept(request)
+    return info.value
+
+
+NOT_WS = _response("400 Bad Request", NOT_A_TUNNEL)
+
+
+def _bad(why: str) -> bytes:
+    return _response("400 Bad Request", f"Failed to open a WebSocket connection: {why}.\n")
+
+
+def _required(why: str) -> bytes:
+    body = f"Failed to open a WebSocket connection: {why}.\n\n{BROWSER}"
+    return _response("426 Upgrade Required", body, "Upgrade: websocket")
+
+
+@pytest.mark.parametrize(
+    ("data", "response", "not_websocket", "quiet"),
+    [
+        pytest.param(head(GOOD, method="POST"), NOT_WS, True, True, id="post"),
+        pytest.param(head(GOOD, version="1.0"), NOT_WS, True, True, id="http-1.0"),
+        pytest.param(head([*GOOD, ("Content-Length", "0")]), NOT_WS, True, True, id="content-length"),
+        pytest.param(
+            head([*GOOD, ("Transfer-Encoding", "chunked")]) + b"0\r\n\r\n", NOT_WS, True, True, id="chunked"
+        ),
+        pytest.param(head([("Host", "x")]), NOT_WS, True, False, id="plain-get"),
+        pytest.param(head(_with("Upgrade", "h2c")), NOT_WS, True, False, id="other-upgrade"),
+        pytest.param(head(_with("Upgrade", "h2c, tls")), NOT_WS, True, False, id="other-upgrades"),
+        pytest.param(
+            head(_with("Upgrade", "websocket, h2c")),
+            _required("invalid Upgrade header: websocket, h2c"),
+            False,
+            False,
+            id="websocket-and-more",
+        ),
+        pytest.param(
+            head(_with("Connection", "keep-alive")),
+            _required("invalid Connection header"),
+            False,
+            False,
+            id="no-connection-upgrade",
+        ),
+        pytest.param(
+            head(_without("Sec-WebSocket-Key")), _bad("missing Sec-WebSocket-Key"), False, False, id="no-key"
+        ),
+        pytest.param(
+            head([*GOOD, ("Sec-WebSocket-Key", KEY)]),
+            _bad("more than one Sec-WebSocket-Key"),
+            False,
+            False,
+            id="two-keys",
+        ),
+        pytest.param(
+            head(_with("Sec-WebSocket-Key", "c2hvcnQ=")),
+            _bad("invalid Sec-WebSocket-Key"),
+            False,
+            False,
+            id="short",
+        ),
+        # base64 with one character outside the alphabet: a lenient decoder would skip it.
+        pytest.param(
+            head(_with("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=!=")),
+            _bad("invalid Sec-WebSocket-Key"),
+            False,
+            False,
+            id="stray-char",
+        ),
+        pytest.param(
+            head(_without("Sec-WebSocket-Version")),
+            _bad("missing Sec-WebSocket-Version"),
+            False,
+            False,
+            id="no-version",
+        ),
+        pytest.param(
+            head([*GOOD, ("Sec-WebSocket-Version", "13")]),
+            _bad("more than one Sec-WebSocket-Version"),
+            False,
+            False,
+            id="two-versions",
+        ),
+        pytest.param(
+            head(_with("Sec-WebSocket-Version", "8")),
+            _response(
+                "426 Upgrade Required",
+                "Failed to open a WebSocket connection: unsupported Sec-WebSocket-Version.\n",
+                "Sec-WebSocket-Version: 13",
+            ),
+            False,
+            False,
+            id="wrong-version",
+        ),
+    ],
+)
+def test_refusals_byte_for_byte(data: bytes, response: bytes, not_websocket: bool, quiet: bool) -> None:
+    refused = _refusal(data)
+    assert refused.response == response
+    assert (refused.not_websocket, refused.quiet) == (not_websocket, quiet)
+    # The exception's text is the body without its line breaks at the ends (what is logged).
+    assert str(refused) == response.partition(b"\r\n\r\n")[2].decode().strip()
+
+
+def test_a_status_without_a_reason_phrase_of_ours_says_error() -> None:
+    assert refused(500, "x").response == _response("500 Error", "x")
+    assert refused(503, "busy\n").response == _response("503 Service Unavailable", "busy\n")
+
+
+def test_a_head_without_an_upgrade_leaves_nothing_over() -> None:
+    request, rest = parse(head([("Host", "x")]))
+    assert rest == b"" and request.values(b"host") == [b"x"]
+
+
+def _head_counting(total: int) -> bytes:
+    """An upgrade head whose counted size (URL, and each header's name and value plus 4) is `total`."""
+    counted = len("/") + sum(len(k) + len(v) + 4 for k, v in GOOD) + len("X-Big") + 4
+    return head([*GOOD, ("X-Big", "a" * (total - counted))])
+
+
+def test_head_size_limit_is_exact() -> None:
+    assert UpgradeParser().feed(_head_counting(MAX_HEAD_BYTES)) is not None
+    with pytest.raises(UpgradeRefused) as info:
+        UpgradeParser().feed(_head_counting(MAX_HEAD_BYTES + 1))
+    assert (info.value.status, info.value.quiet) == (400, True)
+
+
+def test_header_count_limit_is_exact() -> None:
+    extra = MAX_HEADERS - len(GOOD)
+    assert UpgradeParser().feed(head(GOOD + [(f"X-{i}", "1") for i in range(extra)])) is not None
+    with pytest.raises(UpgradeRefused) as info:
+        UpgradeParser().feed(head(GOOD + [(f"X-{i}", "1") for i in range(extra + 1)]))
+    assert (info.value.status, info.value.quiet) == (400, True)

@@ -112,9 +112,9 @@ def _valid_authority(text: str) -> bool:
         name, _, port = text.partition(":")  # a second colon fails the digits test below
         if not name or _BAD_HOST_CHAR(name) is not None:
             return False
-    # isdecimal() is ASCII digits here (Host is ASCII; latin-1 has no other decimals); 5 at most
-    # keeps int() cheap.
-    return port is None or (0 < len(port) <= 5 and port.isdecimal() and 0 < int(port) < 65536)
+    # isdecimal() is ASCII digits here (Host is ASCII; latin-1 has no other decimals) and False
+    # for an empty port; 5 at most keeps int() cheap.
+    return port is None or (len(port) <= 5 and port.isdecimal() and 0 < int(port) < 65536)
 
 
 def validate_request(

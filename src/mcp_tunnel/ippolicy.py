@@ -51,8 +51,8 @@ def _parse(text: str) -> IPv4Address | None:
 def covering_network(addresses: Sequence[str]) -> IPv4Network:
     """The narrowest network containing every address (a /32 for one): "add this CIDR" advice."""
     addrs = [IPv4Address(a) for a in addresses]
-    for prefix in range(32, -1, -1):
-        net = IPv4Network(f"{addrs[0]}/{prefix}", strict=False)
+    for prefix in range(32, 0, -1):
+        net = IPv4Network(addrs[0]).supernet(new_prefix=prefix)
         if all(a in net for a in addrs):
             return net
-    return IPv4Network("0.0.0.0/0")
+    return IPv4Network("0.0.0.0/0")  # /0 holds every address

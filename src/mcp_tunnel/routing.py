@@ -35,10 +35,8 @@ def normalize_host(host: str) -> str:
     if h.startswith("["):
         end = h.find("]")
         h = h[1:end] if end != -1 else h[1:]
-    else:
-        colon = h.rfind(":")
-        if colon != -1 and h.count(":") == 1:
-            h = h[:colon]
+    elif h.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        h = h[: h.find(":")]
     if h.endswith("."):
         h = h[:-1]
     return h.lower()

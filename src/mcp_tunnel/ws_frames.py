@@ -122,7 +122,7 @@ class FrameParser:
                 payload = apply_mask(payload, data[start - 4 : start])
             if opcode < CLOSE:
                 self._in_message = not fin
-                self._message_size = 0 if fin else size
+                self._message_size = size  # read only by a continuation, so only while in a message
             frames.append(Frame(opcode, fin, payload))
 
     def _check(self, opcode: int, fin: bool, length: int) -> int:
@@ -155,7 +155,7 @@ class FrameParser:
 
     def _keep(self, data: bytes, pos: int, need: int) -> None:
         """Hold the unparsed tail until at least `need` bytes of it are there."""
-        self._buf = data[pos:] if pos < len(data) else b""
+        self._buf = data[pos:]  # b"" when everything was used
         self._need = need
 
     @property

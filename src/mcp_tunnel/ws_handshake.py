@@ -82,9 +82,8 @@ class UpgradeParser:
         rest = b""
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            offset = int(upgrade.args[0]) if upgrade.args else len(data)
-            rest = data[offset:]
+        except httptools.HttpParserUpgrade as upgrade:  # llhttp always gives the head's end
+            rest = data[int(upgrade.args[0]) :]
         except httptools.HttpParserError:
             raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True) from None
         if not self._complete:
@@ -98,9 +97,11 @@ class UpgradeParser:
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
 
+    # The callbacks' ValueErrors carry no message: httptools turns them into a parser error,
+    # which `feed` answers with the one quiet 400, so no text of theirs is ever seen.
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._headers) >= MAX_HEADERS:
-            raise ValueError("too many headers")
+            raise ValueError  # too many headers
         self._headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
 
@@ -110,7 +111,7 @@ class UpgradeParser:
     def _count(self, n: int) -> None:
         self._size += n
         if self._size > MAX_HEAD_BYTES:
-            raise ValueError("request head too large")
+            raise ValueError  # request head too large
 
 
 def check_upgrade(request: UpgradeRequest) -> None:
