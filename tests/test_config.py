@@ -467,6 +467,20 @@ def test_control_character(files: Files) -> None:
     assert message.startswith(f"{path}:2: invalid YAML: control character U+0001 is not allowed"), message
 
 
+DEEP_BLOCK = "".join(f"\n{'  ' * i}- " for i in range(2000))
+
+
+@pytest.mark.parametrize("nested", ["[" * 5000, "{a: " * 5000, DEEP_BLOCK])
+def test_yaml_nested_too_deeply_is_one_line_not_a_recursion_error(files: Files, nested: str) -> None:
+    """PyYAML composes recursively: deep nesting was a RecursionError (found by fuzzing/)."""
+    path = files.write('listen_addr: ":8080"\nroutes: ' + nested + "\n")
+    message = load_error(path)
+    assert message.startswith(f"{path}:"), message
+    assert ": invalid YAML: lists or mappings nested too deeply; expected " in message, message
+    line = int(message[len(path) + 1 :].split(":", 1)[0])
+    assert 2 <= line <= 2001, message  # where the nesting is, not line 1
+
+
 def test_several_yaml_documents(files: Files) -> None:
     path = files.write('listen_addr: ":8080"\n---\nlisten_addr: ":9090"\n')
     message = load_error(path)

@@ -629,8 +629,21 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
             expected="UTF-8 YAML",
             line=line,
         ) from None
+    loader: yaml.SafeLoader | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)  # yaml.compose's steps, so the place is known on recursion
+        root = loader.get_single_node()
+    except RecursionError:
+        assert loader is not None  # the constructor does not recurse
+        # PyYAML composes nested collections recursively: `[` a thousand times (found by
+        # fuzzing/config_file.py) went out as an internal error instead of this line.
+        raise doc.error(
+            None,
+            None,
+            "invalid YAML: lists or mappings nested too deeply",
+            expected="a config nested a few levels deep",
+            line=(loader.marks[-1] if loader.marks else loader.get_mark()).line + 1,  # the innermost open
+        ) from None
     except yaml.MarkedYAMLError as exc:
         # PyYAML's own wording, in its order: "while parsing X, expected Y, but found Z".
         mark = exc.problem_mark or exc.context_mark
@@ -653,6 +666,9 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
         ) from None
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above carries a place
         raise doc.error(None, None, f"invalid YAML: {exc}", expected="valid YAML", line=1) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if root is None:
         raise doc.error(
             None, None, "the file is empty", expected="a YAML mapping with listen_addr, tls, routes", line=1
