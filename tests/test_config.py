@@ -481,6 +481,24 @@ def test_yaml_nested_too_deeply_is_one_line_not_a_recursion_error(files: Files, 
     assert 2 <= line <= 2001, message  # where the nesting is, not line 1
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('"\\r": null\n', "\\r: unknown field"),  # a key: the field
+        ('"a\\e[2J\\u2028b": 1\n', "a\\x1b[2J\\u2028b: unknown field"),
+        ('listen_addr: ":8080"\ntls: {cert_file: "/no/a\\rb", key_file: x}\n', "open /no/a\\rb:"),
+    ],
+)
+def test_control_characters_from_the_file_are_escaped_in_the_one_line(
+    files: Files, text: str, shown: str
+) -> None:
+    """A carriage return or an escape sequence in a key or path cannot break or rewrite the line
+    the mistake is shown on (found by fuzzing/config_file.py: a key "\\r" went out raw)."""
+    message = load_error(files.write(text))
+    assert message.isprintable(), message
+    assert shown in message, message
+
+
 def test_several_yaml_documents(files: Files) -> None:
     path = files.write('listen_addr: ":8080"\n---\nlisten_addr: ":9090"\n')
     message = load_error(path)

@@ -203,19 +203,32 @@ class _Doc:
         detail: str | None = None,
         line: int | None = None,
     ) -> ConfigError:
-        m = self.mask
+        def m(text: str) -> str:
+            return _printable(self.mask(text))
+
         return ConfigError(
             m(message),
             file=self.file,
             line=line if line is not None else (_line(node) if node is not None else None),
-            field=fld,
+            field=None if fld is None else _printable(fld),
             found=None if found is None else m(found),
             expected=None if expected is None else m(expected),
             detail=None if detail is None else m(detail),
         )
 
     def warn(self, node: Node, fld: str, message: str) -> None:
-        self.warnings.append(self.mask(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " ")))
+        text = f"{self.file}:{_line(node)}: {_printable(fld)}: {message}".replace("\n", " ")
+        self.warnings.append(_printable(self.mask(text)))
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters written as escapes (a key `"\\r"` is shown as `\\r`): a
+    carriage return or an escape sequence from the file must not break or rewrite the one line
+    a mistake is shown on (found by fuzzing/config_file.py). A newline stays: render() makes it a
+    space."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
 _T = TypeVar("_T")
