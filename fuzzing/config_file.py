@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import strategies as st
 
-from fuzzing.common import chance, mostly, pick, text
+from fuzzing.common import chance, pick, text
 from fuzzing.driver import Harness
 from mcp_tunnel.config import Config, load_config
 from mcp_tunnel.errors import ConfigError
@@ -157,105 +157,120 @@ _UPSTREAMS = [
 _KEYS = ["echo", "mcp", "auth", "echo.example.com", "ECHO", "*.echo", "a_b", "-x", "x" * 70]
 
 
-def _field(draw: st.DrawFn, good: Any, specific: list[Any]) -> Any:
-    """`good` most of the time, else a wrong value for this field or any field."""
-    if not chance(draw, 4):
-        return good
-    return pick(draw, specific) if specific and chance(draw, 2) else pick(draw, _WRONG)
+_WRONG_BY_FIELD: dict[str, list[Any]] = {
+    "listen_addr": _ADDRS,
+    "tunnel_domain": ["abcd.example.com.", "*.example.com", "https://a.b", "EXAMPLE.com", "a..b"],
+    "tls": [{"cert_file": f"{D}/tls.crt"}, {"cert": "x"}, [f"{D}/tls.crt"]],
+    "tls.cert_file": [f"{D}/missing.crt", D, "tls.crt", "/dev/null", f"{D}/tls.crt\x00"],
+    "tls.reload_interval": _DURATIONS,
+    "routes": [["echo: http://a:1"], "echo", {}],
+    "routes.key": _KEYS,
+    "routes.value": _UPSTREAMS,
+    "upstream": [[], "x"],
+    "upstream.allowed_ips": [
+        [],
+        ["10.0.0.1/8"],
+        ["0.0.0.0/0"],
+        ["::1/128"],
+        ["127.0.0.1"],
+        "10/8",
+        ["10.0.0.0/33"],
+    ],
+    "upstream.disable_ip_validation": [True, "yes", "maybe"],
+    "upstream.tls.ca_file": [f"{D}/junk.pem", f"{D}/binary.pem", f"{D}/none.pem", D, f"{D}/tls.crt"],
+    "upstream.tls.include_system_cas": [True, "no", 2],
+    "upstream.host_header": ["original", "Original", "both"],
+    "limits": [{"max_connection": 5}, {"header_timeout": None}],
+    "limits.value": ["0", "-1", "1k", "10s", "1_0_0", "", "${PORT}", "99999999999999999999999"],
+    "oauth": [{"authorization_server": "auth"}],
+    "oauth.authorization_server": _KEYS,
+    "oauth.authorization_endpoint": [
+        "http://login.example.com/",
+        "https://echo/",
+        "https://a:0/",
+        "https://a:x/",
+        "https://[::1/",
+        "https://u@a/",
+        "https://a/#f",
+        "https://echo.abcd1234.tunnel.example.com/",
+    ],
+    "oauth.protected_resources": [["auth"], ["echo", "echo"], "echo", [None], ["nope"]],
+    "mcp": [[], "on"],
+    "mcp.audit": ["on", "x"],
+    "mcp.routes.key": _KEYS,
+    "mcp.routes.value": [{"deny_tools": []}, {"allow_tools": [""], "deny_tools": ["x"]}, None, {"allow": 1}],
+    "admin_addr": [*_ADDRS, ":8443", "0.0.0.0:8443"],
+    "log_level": ["debug", "WARN", "verbose"],
+    "log_format": ["json", "xml"],
+    "shutdown_timeout": _DURATIONS,
+    "unknown": ["listen", "route", "limit", "tunnel-domain", "x"],
+}
+_FOCUS = sorted(_WRONG_BY_FIELD)
+_LIMITS = ("header_timeout", "idle_timeout", "body_timeout", "max_header_bytes", "max_body_bytes")
 
 
 @st.composite
 def _document(draw: st.DrawFn) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    doc["listen_addr"] = _field(draw, ":8443", _ADDRS)
-    if not chance(draw, 3):
-        doc["tunnel_domain"] = _field(
-            draw, "${TUNNEL_DOMAIN}", ["abcd.example.com.", "*.example.com", "https://a.b", "EXAMPLE.com"]
-        )
-    tls: dict[str, Any] = {"cert_file": f"{D}/tls.crt", "key_file": f"{D}/tls.key"}
-    tls["cert_file"] = _field(draw, tls["cert_file"], [f"{D}/missing.crt", D, "tls.crt", "/dev/null"])
-    if chance(draw, 3):
-        tls["reload_interval"] = _field(draw, "2s", _DURATIONS)
-    doc["tls"] = _field(draw, tls, [{"cert_file": f"{D}/tls.crt"}, {"cert": "x"}])
-    routes: dict[str, Any] = {}
-    for _ in range(mostly(draw, 1, [0, 2, 3])):
-        routes[pick(draw, _KEYS)] = mostly(draw, _UPSTREAMS[0], _UPSTREAMS)
-    doc["routes"] = _field(draw, routes, [["echo: http://a:1"], "echo"])
-    if chance(draw, 2):
-        upstream: dict[str, Any] = {}
-        if chance(draw, 2):
-            upstream["allowed_ips"] = mostly(
-                draw, ["10.0.0.0/8"], [[], ["10.0.0.1/8"], ["0.0.0.0/0"], ["::1/128"], ["127.0.0.1"], "10/8"]
-            )
-        if chance(draw, 3):
-            upstream["disable_ip_validation"] = mostly(draw, True, [False, "yes", "maybe"])
-        if chance(draw, 2):
-            upstream["tls"] = {
-                "ca_file": mostly(
-                    draw, f"{D}/ca.pem", [f"{D}/junk.pem", f"{D}/binary.pem", f"{D}/none.pem", D]
-                ),
-                "include_system_cas": mostly(draw, False, [True, "no", 2]),
-            }
-        if chance(draw, 3):
-            upstream["host_header"] = mostly(draw, "upstream", ["original", "Original", "both"])
-        doc["upstream"] = _field(draw, upstream, [[]])
-    if chance(draw, 2):
-        limits: dict[str, Any] = {}
-        for name in ("header_timeout", "idle_timeout", "body_timeout", "max_header_bytes", "max_body_bytes"):
-            if chance(draw, 2):
-                count = name.startswith("max_")
-                limits[name] = mostly(
-                    draw, "1_000" if count else "5s", ["0", "-1", "1k", "10s", "1_0_0", "", "${PORT}"]
-                )
-        doc["limits"] = _field(draw, limits, [{"max_connection": 5}])
-    if chance(draw, 3):
-        doc["oauth"] = _field(
-            draw,
-            {
-                "authorization_server": mostly(draw, "auth", _KEYS),
-                "authorization_endpoint": mostly(
-                    draw,
-                    "https://login.example.com/authorize",
-                    [
-                        "http://login.example.com/",
-                        "https://echo/",
-                        "https://a:0/",
-                        "https://a:x/",
-                        "https://[::1/",
-                    ],
-                ),
-                "protected_resources": mostly(draw, ["echo"], [["auth"], ["echo", "echo"], "echo", [None]]),
-            },
-            [{"authorization_server": "auth"}],
-        )
-    if chance(draw, 3):
-        doc["mcp"] = _field(
-            draw,
-            {
-                "audit": mostly(draw, True, ["on", "x"]),
-                "routes": {
-                    mostly(draw, "echo", _KEYS): mostly(
-                        draw,
-                        {"allow_tools": ["search_*"]},
-                        [{"deny_tools": []}, {"allow_tools": [""], "deny_tools": ["x"]}, None, {"allow": 1}],
-                    )
-                },
-            },
-            [],
-        )
-    for key in ("admin_addr", "log_level", "log_format", "shutdown_timeout"):
-        if chance(draw, 4):
-            doc[key] = pick(
-                draw,
-                {
-                    "admin_addr": _ADDRS,
-                    "log_level": ["debug", "WARN", "verbose"],
-                    "log_format": ["json", "xml"],
-                    "shutdown_timeout": _DURATIONS,
-                }[key],
-            )
-    if chance(draw, 10):
-        doc[pick(draw, ["listen", "route", "limit", "tunnel-domain", "x"])] = 1
+    """A good config with one field made wrong (each rule reached on its own), or with every
+    field wrong at times (rules behind rules)."""
+    focus = None if chance(draw, 3) else pick(draw, _FOCUS)
+
+    def value(key: str, good: Any) -> Any:
+        if focus is None:
+            return good if not chance(draw, 6) else pick(draw, _WRONG_BY_FIELD[key] + _WRONG)
+        if key != focus:
+            return good
+        return pick(draw, _WRONG_BY_FIELD[key]) if not chance(draw, 4) else pick(draw, _WRONG)
+
+    def present(section: str) -> bool:
+        return (focus or "").startswith(section) or chance(draw, 2)
+
+    doc: dict[str, Any] = {"listen_addr": value("listen_addr", ":8443")}
+    if present("tunnel_domain"):
+        doc["tunnel_domain"] = value("tunnel_domain", "${TUNNEL_DOMAIN}")
+    tls: dict[str, Any] = {"cert_file": value("tls.cert_file", f"{D}/tls.crt"), "key_file": f"{D}/tls.key"}
+    if present("tls.reload_interval"):
+        tls["reload_interval"] = value("tls.reload_interval", "2s")
+    doc["tls"] = value("tls", tls)
+    routes = {"echo": "http://hello-mcp:9000", "auth": "https://10.0.0.5:9443"}
+    routes[value("routes.key", "mcp")] = value("routes.value", "http://${UP}:9000")
+    doc["routes"] = value("routes", routes)
+    upstream: dict[str, Any] = {"tls": {"ca_file": value("upstream.tls.ca_file", f"{D}/ca.pem")}}
+    if present("upstream.tls.include_system_cas"):
+        upstream["tls"]["include_system_cas"] = value("upstream.tls.include_system_cas", False)
+    if present("upstream.allowed_ips"):
+        upstream["allowed_ips"] = value("upstream.allowed_ips", ["10.0.0.0/8", "192.168.1.20"])
+    elif present("upstream.disable_ip_validation"):
+        upstream["disable_ip_validation"] = value("upstream.disable_ip_validation", False)
+    if present("upstream.host_header"):
+        upstream["host_header"] = value("upstream.host_header", "upstream")
+    doc["upstream"] = value("upstream", upstream)
+    if present("limits"):
+        limits = {name: "1_000" if name.startswith("max_") else "5s" for name in _LIMITS if chance(draw, 2)}
+        if limits:
+            name = pick(draw, sorted(limits))
+            limits[name] = value("limits.value", limits[name])
+        doc["limits"] = value("limits", limits)
+    if present("oauth"):
+        oauth = {
+            "authorization_server": value("oauth.authorization_server", "auth"),
+            "authorization_endpoint": value(
+                "oauth.authorization_endpoint", "https://login.example.com/authorize"
+            ),
+            "protected_resources": value("oauth.protected_resources", ["echo"]),
+        }
+        doc["oauth"] = value("oauth", oauth)
+    if present("mcp"):
+        rule = value("mcp.routes.value", {"allow_tools": ["search_*"]})
+        mcp = {"audit": value("mcp.audit", True), "routes": {value("mcp.routes.key", "echo"): rule}}
+        doc["mcp"] = value("mcp", mcp)
+    for key, good in (("admin_addr", "127.0.0.1:9090"), ("log_level", "info"), ("log_format", "text")):
+        if present(key):
+            doc[key] = value(key, good)
+    if present("shutdown_timeout"):
+        doc["shutdown_timeout"] = value("shutdown_timeout", "30s")
+    if focus == "unknown":
+        doc[pick(draw, _WRONG_BY_FIELD["unknown"])] = 1
     return doc
 
 
@@ -333,7 +348,7 @@ def check(case: Case) -> None:
         lines = len(data.decode("utf-8", "replace").splitlines())  # YAML breaks lines at \r too
         assert 1 <= err.line <= lines + 1, (err.line, message)
         assert message.startswith(f"{path}:{err.line}: "), message
-        assert "\n" not in message and "\r" not in message, message
+        assert message.isprintable(), message  # one line, on any terminal: no CR, no escape codes
         assert err.field is None or isinstance(err.field, str), err.field
         return
     _check_config(config, path)
@@ -351,7 +366,7 @@ def _check_config(config: Config, path: str) -> None:
         assert getattr(config.limits, name) > 0, config.limits
     assert config.limits.max_body_bytes >= 0, config.limits
     for warning in config.warnings:
-        assert warning.startswith(f"{path}:") and "\n" not in warning, warning
+        assert warning.startswith(f"{path}:") and warning.isprintable(), warning
     assert os.path.exists(config.cert_file), config.cert_file
 
 

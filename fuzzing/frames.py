@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
+from websockets.frames import EXTERNAL_CLOSE_CODES
 
 from fuzzing.common import chance, chunks, cuts, mostly, pick, text
 from fuzzing.driver import Harness
@@ -48,6 +49,8 @@ class Spec:
     opcode: int
     fin: bool
     payload: bytes
+    rsv: int = 0  # reserved bits set (no extension is negotiated: must be refused)
+    mask_ok: bool = True  # masked as the parser expects
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,12 @@ _close_payloads = st.one_of(
 )
 
 
-_PAYLOADS = [st.binary(max_size=10), st.binary(max_size=130), st.binary(max_size=300)]
+_PAYLOADS = [
+    st.binary(max_size=10),
+    st.binary(max_size=130),
+    st.binary(max_size=300),
+    *(st.binary(min_size=n, max_size=n) for n in (125, 126, 127)),  # the control frame bound
+]
 _KEYS = st.binary(min_size=4, max_size=4)
 
 
@@ -104,7 +112,7 @@ def _frame(draw: st.DrawFn, masked: bool) -> tuple[bytes, Spec]:
         body = key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     else:
         body = payload
-    return head + body, Spec(opcode, fin, payload)
+    return head + body, Spec(opcode, fin, payload, rsv, mask == masked)
 
 
 _STREAMS = {masked: st.lists(_frame(masked), max_size=8) for masked in (False, True)}
@@ -115,8 +123,15 @@ _JUNK = st.binary(min_size=1, max_size=40)
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     masked = draw(st.booleans())
-    max_message = None if chance(draw, 2) else pick(draw, range(401))
     built = draw(_STREAMS[masked])
+    max_message = None
+    if not chance(draw, 3):  # mostly a bound at (or next to) the size of a message sent
+        size, sizes = 0, [0]
+        for _, spec in built:
+            if spec.opcode < CLOSE:
+                size = size + len(spec.payload) if spec.opcode == CONT else len(spec.payload)
+                sizes.append(size)
+        max_message = max(0, pick(draw, sizes) + pick(draw, [0, -1, 1]))
     data = b"".join(raw for raw, _ in built)
     ends = [sum(len(raw) for raw, _ in built[: i + 1]) for i in range(len(built))]
     intact = len(data)  # the encoded frames that end by here are still the specs
@@ -162,18 +177,21 @@ def check(case: Case) -> None:
 
     # The frames accepted are the frames encoded, in order (random bytes have no specs).
     for frame, spec in zip(by_byte, case.specs, strict=False):
-        assert (frame.opcode, frame.fin, frame.payload) == (spec.opcode, spec.fin, spec.payload), (
-            frame,
-            spec,
-        )
+        assert frame == Frame(spec.opcode, spec.fin, spec.payload), (frame, spec)
+        assert spec.rsv == 0 and spec.mask_ok, (frame, spec)  # a broken header was not refused
     if case.whole and error is None:
         assert len(by_byte) == len(case.specs), (by_byte, case.specs)  # nothing held back
 
-    size = 0
-    for frame in by_byte:
+    size, in_message = 0, False
+    for frame in by_byte:  # RFC 6455 §5: what a receiver must refuse was refused
         assert type(frame.payload) is bytes, frame
-        if frame.opcode < CLOSE:
+        assert frame.opcode in (0x0, 0x1, 0x2, 0x8, 0x9, 0xA), frame
+        if frame.opcode >= CLOSE:
+            assert frame.fin and len(frame.payload) <= 125, frame
+        else:
+            assert (frame.opcode == CONT) == in_message, (frame, in_message)
             size = len(frame.payload) if frame.opcode != CONT else size + len(frame.payload)
+            in_message = not frame.fin
             if case.max_message is not None:
                 assert size <= case.max_message, (frame, case.max_message)
         _round_trip(frame)
@@ -194,7 +212,8 @@ def _round_trip(frame: Frame) -> None:
         except FrameError as exc:
             assert type(exc) is FrameError and exc.code in (PROTOCOL_ERROR, INVALID_DATA), exc
             return
-        if payload:
+        if payload:  # a code a peer may send (RFC 6455 §7.4), as websockets lists them
+            assert code in EXTERNAL_CLOSE_CODES or 3000 <= code <= 4999, (payload, code)
             assert close_payload(code, reason) == payload, (payload, code, reason)
 
 

@@ -26,7 +26,7 @@ from websockets.utils import accept_key
 
 from fuzzing.common import chance, chunks, cuts, mostly, permutation, pick
 from fuzzing.driver import Harness
-from mcp_tunnel.ws_handshake import UpgradeParser, UpgradeRefused, accept, check_upgrade
+from mcp_tunnel.ws_handshake import UpgradeParser, UpgradeRefused, UpgradeRequest, accept, check_upgrade
 
 
 @dataclass(frozen=True)
@@ -83,24 +83,41 @@ def _header(draw: st.DrawFn) -> bytes:
 _EXTRA = st.lists(_header(), max_size=4)
 
 
+_LINE_PARTS: dict[str, tuple[bytes, list[bytes]]] = {
+    "method": (b"GET", [b"POST", b"get", b"HEAD", b"PRI"]),
+    "target": (b"/", [b"/ws?x=1", b"*", b"http://a/", b""]),
+    "version": (b"HTTP/1.1", [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2"]),
+}
+_FOCUS = [*_LINE_PARTS, *(n.decode() for n in _GOOD), "extra"]
+
+
 @st.composite
 def _head(draw: st.DrawFn) -> bytes:
-    method = mostly(draw, b"GET", [b"POST", b"get", b"HEAD", b"PRI"])
-    target = mostly(draw, b"/", [b"/ws?x=1", b"*", b"http://a/", b""])
-    version = mostly(draw, b"HTTP/1.1", [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2"])
+    # Half the heads are a good upgrade with one thing changed (so each rule is reached on its
+    # own, not only behind another that refuses first); the others change every part at will.
+    focus = pick(draw, _FOCUS) if chance(draw, 2) else None
+
+    def part(key: str, good: bytes, others: list[bytes]) -> bytes:
+        if focus is None:
+            return mostly(draw, good, others)
+        return pick(draw, others) if key == focus else good
+
+    method, target, version = (part(k, *_LINE_PARTS[k]) for k in ("method", "target", "version"))
     lines = [method + b" " + target + b" " + version]
-    # Mostly the five headers a real upgrade has, each perhaps changed, dropped or repeated.
     for name in _GOOD:
-        if chance(draw, 30):
+        how = "value" if focus is None or focus == name.decode() else "keep"
+        if how == "value":
+            how = pick(draw, ["value", "value", "drop", "repeat"]) if focus else how
+        if how == "drop" or (focus is None and chance(draw, 30)):
             continue
-        lines.append(name + b": " + mostly(draw, _VALUES[name][0], _VALUES[name]))
-        if chance(draw, 30):
+        lines.append(name + b": " + part(name.decode(), _VALUES[name][0], _VALUES[name]))
+        if how == "repeat" or (focus is None and chance(draw, 30)):
             lines.append(name + b": " + pick(draw, _VALUES[name]))
-    if chance(draw, 2):
+    if focus == "extra" or (focus is None and chance(draw, 2)):
         lines += draw(_EXTRA)
     order = draw(permutation(len(lines) - 1))
     lines = [lines[0], *(lines[i] for i in order)]
-    eol = b"\n" if chance(draw, 10) else b"\r\n"
+    eol = b"\n" if focus is None and chance(draw, 10) else b"\r\n"
     return eol.join(lines) + eol + eol
 
 
@@ -152,13 +169,28 @@ def outcome(chunks: list[bytes]) -> tuple[str, int, bytes]:
             response = accept(request)
         except UpgradeRefused as refused:
             return _check_refusal(refused)
+        _check_accepted(request)
         keys = request.values(b"sec-websocket-key")
-        assert len(keys) == 1, request
         expected = b"Sec-WebSocket-Accept: " + accept_key(keys[0].decode("latin-1")).encode() + b"\r\n"
         assert response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), response
         assert expected in response and response.endswith(b"\r\n\r\n"), response
         return ("accepted", len(b"".join(chunks)) - len(after), response)
     return ("incomplete", 0, b"")
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    return [t.strip().lower() for v in values for t in v.split(b",") if t.strip()]
+
+
+def _check_accepted(request: UpgradeRequest) -> None:
+    """What RFC 6455 §4.2.1 asks of an upgrade the server accepts, restated from the RFC."""
+    assert request.method == "GET" and request.http_version == "1.1", request
+    assert _tokens(request.values(b"upgrade")) == [b"websocket"], request
+    assert b"upgrade" in _tokens(request.values(b"connection")), request
+    assert not request.values(b"content-length") and not request.values(b"transfer-encoding"), request
+    keys = request.values(b"sec-websocket-key")
+    assert len(keys) == 1 and len(base64.b64decode(keys[0], validate=True)) == 16, request
+    assert [v.strip() for v in request.values(b"sec-websocket-version")] == [b"13"], request
 
 
 def check(case: Case) -> None:

@@ -20,7 +20,9 @@ target and framing: nothing the client wrote can make the upstream see another r
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httptools
 from hypothesis import strategies as st
@@ -134,6 +136,10 @@ def _head(draw: st.DrawFn) -> bytes:
     lines = [method + b" " + target + b" " + version]
     if not chance(draw, 6):
         lines.append(b"Host: " + mostly(draw, b"echo.example.com", _HOSTS))
+    if chance(draw, 3):  # a header, and perhaps a Connection header that names it
+        lines.append(b"X-Secret: s3cret")
+        if chance(draw, 2):
+            lines.append(b"Connection: " + pick(draw, [b"x-secret", b"keep-alive, X-Secret", b"X-SECRET ,"]))
     lines += draw(_HEADERS)
     order = draw(permutation(len(lines) - 1))
     return b"\r\n".join([lines[0], *(lines[i] for i in order)]) + b"\r\n\r\n"
@@ -167,6 +173,7 @@ class _Head:
         self.headers: list[tuple[bytes, bytes]] = []
         self.result: RequestHead | ProxyError | None = None
         self.unexpected: BaseException | None = None
+        self.version = ""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -176,6 +183,7 @@ class _Head:
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        self.version = parser.get_http_version()
         try:
             self.result = validate_request(
                 parser.get_method().decode("latin-1"),
@@ -191,9 +199,9 @@ class _Head:
         raise _Stop
 
 
-def judge(data: bytes) -> tuple[RequestHead | ProxyError | None, list[tuple[bytes, bytes]]]:
+def judge(data: bytes) -> tuple[RequestHead | ProxyError | None, _Head]:
     """The head's verdict (None when llhttp refuses the bytes or the head is not whole), and the
-    headers as parsed."""
+    head as parsed."""
     head = _Head()
     try:
         head.parser.feed_data(data)
@@ -204,7 +212,7 @@ def judge(data: bytes) -> tuple[RequestHead | ProxyError | None, list[tuple[byte
             assert head.result is None, (head.result, exc)
     if head.unexpected is not None:
         raise head.unexpected
-    return head.result, head.headers
+    return head.result, head
 
 
 class _Reparsed:
@@ -224,14 +232,36 @@ class _Reparsed:
         self.heads += 1
 
 
-def _check_accepted(head: RequestHead, parsed: list[tuple[bytes, bytes]]) -> None:
+# RFC 3986's authority as routing may use it: a name or a bracketed IPv6 literal, a port 1-65535.
+_AUTHORITY = re.compile(rb"(?:[^\s/\\@?#\[\]:]+|\[[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*\])(?::0*([1-9][0-9]{0,4}))?")
+
+
+def _valid_authority(raw: bytes) -> bool:
+    shape = _AUTHORITY.fullmatch(raw)
+    return shape is not None and (shape.group(1) is None or int(shape.group(1)) <= 65535)
+
+
+def _check_accepted(head: RequestHead, request: _Head) -> None:
+    """SPEC §5's rules, restated here independently of http_rules, on a head it accepted."""
+    parsed, url = request.headers, request.url
+    assert request.version in ("1.0", "1.1"), (request.version, head)
     named = {t.strip().lower() for n, v in parsed if n == b"connection" for t in v.split(b",")}
     banned = HOP_BY_HOP | FORWARDING | PROXY_CREDENTIALS | {b"host", b"content-length"} | named
     for name, _ in head.headers:
         assert name not in banned and b"_" not in name, (name, head)
     assert head.target.startswith(b"/") or (head.target == b"*" and head.method == "OPTIONS"), head
+    hosts = [v for n, v in parsed if n == b"host"]
+    assert len(hosts) == 1 and hosts[0].strip() == head.raw_host, (hosts, head)
+    assert _valid_authority(head.raw_host), head
     assert head.host == normalize_host(head.raw_host.decode("ascii")), head
-    assert not any(c in head.host for c in " /\\@?#"), head
+    if not url.startswith(b"/") and url != b"*":  # absolute-form: the authority is the Host's
+        authority = urlsplit(url.decode("latin-1")).netloc
+        assert _valid_authority(authority.encode("latin-1")), (url, head)
+        assert normalize_host(authority) == head.host, (url, head)
+    codings = [c.strip().lower() for n, v in parsed if n == b"transfer-encoding" for c in v.split(b",")]
+    assert head.chunked == (codings == [b"chunked"]) and (head.chunked or not codings), (codings, head)
+    lengths = {v.strip() for n, v in parsed if n == b"content-length" for v in v.split(b",")}
+    assert head.content_length == (int(lengths.pop()) if lengths else None), (lengths, head)
     assert not (head.chunked and head.content_length is not None), head
 
     sent = upstream_request_head(head, host_header=head.raw_host, forwarded_host=b"echo.example.com")
@@ -240,14 +270,14 @@ def _check_accepted(head: RequestHead, parsed: list[tuple[bytes, bytes]]) -> Non
         again.parser.feed_data(sent)
     assert again.heads == 1, sent
     assert again.parser.get_method().decode("latin-1") == head.method and again.url == head.target, sent
-    lengths = [v for n, v in again.headers if n == b"content-length"]
-    chunked = [v for n, v in again.headers if n == b"transfer-encoding"]
+    sent_lengths = [v for n, v in again.headers if n == b"content-length"]
+    sent_codings = [v for n, v in again.headers if n == b"transfer-encoding"]
     if head.chunked:
-        assert chunked == [b"chunked"] and not lengths, sent
+        assert sent_codings == [b"chunked"] and not sent_lengths, sent
     elif head.content_length is not None:
-        assert lengths == [b"%d" % head.content_length] and not chunked, sent
+        assert sent_lengths == [b"%d" % head.content_length] and not sent_codings, sent
     else:
-        assert not lengths and not chunked, sent
+        assert not sent_lengths and not sent_codings, sent
     assert [v for n, v in again.headers if n == b"host"] == [head.raw_host], sent
 
 
