@@ -870,6 +870,25 @@ def test_cert_file_is_a_directory(files: Files) -> None:
     assert_shape(load_error(path), path, 3, "tls.cert_file", f"open {files.cert}: is a directory")
 
 
+@pytest.mark.parametrize(
+    ("extra", "line", "field"),
+    [
+        ("", 3, "tls.cert_file"),
+        ('upstream:\n  tls:\n    ca_file: "@DIR@/ca.pem\\0"\n', 10, "upstream.tls.ca_file"),
+    ],
+)
+def test_path_with_a_nul_is_a_config_error_not_a_value_error(
+    files: Files, extra: str, line: int, field: str
+) -> None:
+    """open() raises ValueError, not OSError, for a NUL: it went out as an internal error (found
+    by fuzzing/config_file.py)."""
+    text = Path(files.minimal(extra)).read_text()
+    if not extra:
+        text = text.replace("/tls.crt\n", '/tls.crt\\0"\n').replace("cert_file: ", 'cert_file: "')
+    path = files.write(text)
+    assert_shape(load_error(path), path, line, field, "cannot open the file", "without NUL characters")
+
+
 def make_ca_pem() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])

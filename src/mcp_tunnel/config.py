@@ -486,6 +486,14 @@ def _open_failure(doc: _Doc, node: Node | None, fld: str | None, path: str, exc:
     )
 
 
+def _nul_in_path(doc: _Doc, node: Node, fld: str, path: str) -> ConfigError:
+    """A path with a NUL (``"\\0"`` in YAML) names no file: open() raises ValueError, not
+    OSError; it was an internal error until fuzzing/config_file.py found it."""
+    return doc.error(
+        node, fld, "cannot open the file", found=_q(path), expected="a file path without NUL characters"
+    )
+
+
 def _permission_denied(doc: _Doc, node: Node | None, fld: str | None, path: str) -> ConfigError:
     """Say whose file it is, its mode, who we are, and both ways out (SPEC §3)."""
     me = _who(os.geteuid())
@@ -530,6 +538,8 @@ def _probe_readable(doc: _Doc, node: Node, fld: str, path: str) -> None:
             pass
     except OSError as exc:
         raise _open_failure(doc, node, fld, path, exc) from None
+    except ValueError:  # open() refuses a NUL before asking the system
+        raise _nul_in_path(doc, node, fld, path) from None
 
 
 def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
@@ -539,6 +549,8 @@ def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
             data = f.read()
     except OSError as exc:
         raise _open_failure(doc, node, fld, path, exc) from None
+    except ValueError:
+        raise _nul_in_path(doc, node, fld, path) from None
     expected = "a PEM bundle of CA certificates (-----BEGIN CERTIFICATE-----)"
     try:
         text = data.decode("ascii")
