@@ -209,6 +209,11 @@ _FOCUS = sorted(_WRONG_BY_FIELD)
 _LIMITS = ("header_timeout", "idle_timeout", "body_timeout", "max_header_bytes", "max_body_bytes")
 
 
+def _key(value: Any) -> Any:
+    """A wrong value made usable as a mapping key (YAML's complex keys come from the text edits)."""
+    return str(value) if isinstance(value, list | dict) else value
+
+
 @st.composite
 def _document(draw: st.DrawFn) -> dict[str, Any]:
     """A good config with one field made wrong (each rule reached on its own), or with every
@@ -233,7 +238,7 @@ def _document(draw: st.DrawFn) -> dict[str, Any]:
         tls["reload_interval"] = value("tls.reload_interval", "2s")
     doc["tls"] = value("tls", tls)
     routes = {"echo": "http://hello-mcp:9000", "auth": "https://10.0.0.5:9443"}
-    routes[value("routes.key", "mcp")] = value("routes.value", "http://${UP}:9000")
+    routes[_key(value("routes.key", "mcp"))] = value("routes.value", "http://${UP}:9000")
     doc["routes"] = value("routes", routes)
     upstream: dict[str, Any] = {"tls": {"ca_file": value("upstream.tls.ca_file", f"{D}/ca.pem")}}
     if present("upstream.tls.include_system_cas"):
@@ -262,7 +267,7 @@ def _document(draw: st.DrawFn) -> dict[str, Any]:
         doc["oauth"] = value("oauth", oauth)
     if present("mcp"):
         rule = value("mcp.routes.value", {"allow_tools": ["search_*"]})
-        mcp = {"audit": value("mcp.audit", True), "routes": {value("mcp.routes.key", "echo"): rule}}
+        mcp = {"audit": value("mcp.audit", True), "routes": {_key(value("mcp.routes.key", "echo")): rule}}
         doc["mcp"] = value("mcp", mcp)
     for key, good in (("admin_addr", "127.0.0.1:9090"), ("log_level", "info"), ("log_format", "text")):
         if present(key):
