@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # fuzzing/ sits beside src/ and tests/, as websoc
     sys.path.insert(0, str(ROOT))
 
 from fuzzing import harnesses  # noqa: E402
+from fuzzing.__main__ import main  # noqa: E402
 from fuzzing.driver import Harness, run  # noqa: E402
 
 # Examples per harness: ~1-2 s each in the pure build on a loaded two-core machine.
@@ -55,3 +56,22 @@ def test_a_timed_run_stops_near_its_deadline() -> None:
     assert result.failure is None and result.examples > 0
     assert 0.5 <= result.seconds < 5, result.summary()
     assert result.summary().endswith(", ok")
+
+
+def test_the_command_ends_with_one_summary_line_per_harness(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `./dev fuzz 0.2` prints (it runs `python -m fuzzing` after the set-up)."""
+    assert main(["0.2", "--seed", str(SEED)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [h.name for h in harnesses()]
+    assert len(lines) == 1 + len(names), lines
+    for line, name in zip(lines[1:], names, strict=True):
+        head, _, tail = line.partition(" examples in ")
+        assert head.startswith(f"fuzz {name}: ") and int(head.split()[-1]) > 0, line
+        assert tail.endswith(" s, ok"), line
+
+
+def test_the_command_refuses_an_unknown_harness(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["1", "nope"])
+    assert exit_info.value.code == 2
+    assert "unknown harness 'nope'" in capsys.readouterr().err
