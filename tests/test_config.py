@@ -467,6 +467,38 @@ def test_control_character(files: Files) -> None:
     assert message.startswith(f"{path}:2: invalid YAML: control character U+0001 is not allowed"), message
 
 
+DEEP_BLOCK = "".join(f"\n{'  ' * i}- " for i in range(2000))
+
+
+@pytest.mark.parametrize("nested", ["[" * 5000, "{a: " * 5000, DEEP_BLOCK])
+def test_yaml_nested_too_deeply_is_one_line_not_a_recursion_error(files: Files, nested: str) -> None:
+    """PyYAML composes recursively: deep nesting was a RecursionError (found by fuzzing/)."""
+    path = files.write('listen_addr: ":8080"\nroutes: ' + nested + "\n")
+    message = load_error(path)
+    assert message.startswith(f"{path}:"), message
+    assert ": invalid YAML: lists or mappings nested too deeply; expected " in message, message
+    line = int(message[len(path) + 1 :].split(":", 1)[0])
+    assert 2 <= line <= 2001, message  # where the nesting is, not line 1
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('"\\r": null\n', "\\r: unknown field"),  # a key: the field
+        ('"a\\e[2J\\u2028b": 1\n', "a\\x1b[2J\\u2028b: unknown field"),
+        ('listen_addr: ":8080"\ntls: {cert_file: "/no/a\\rb", key_file: x}\n', "open /no/a\\rb:"),
+    ],
+)
+def test_control_characters_from_the_file_are_escaped_in_the_one_line(
+    files: Files, text: str, shown: str
+) -> None:
+    """A carriage return or an escape sequence in a key or path cannot break or rewrite the line
+    the mistake is shown on (found by fuzzing/config_file.py: a key "\\r" went out raw)."""
+    message = load_error(files.write(text))
+    assert message.isprintable(), message
+    assert shown in message, message
+
+
 def test_several_yaml_documents(files: Files) -> None:
     path = files.write('listen_addr: ":8080"\n---\nlisten_addr: ":9090"\n')
     message = load_error(path)
@@ -836,6 +868,25 @@ def test_cert_file_is_a_directory(files: Files) -> None:
     files.cert.mkdir()
     path = files.minimal()
     assert_shape(load_error(path), path, 3, "tls.cert_file", f"open {files.cert}: is a directory")
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "field"),
+    [
+        ("", 3, "tls.cert_file"),
+        ('upstream:\n  tls:\n    ca_file: "@DIR@/ca.pem\\0"\n', 10, "upstream.tls.ca_file"),
+    ],
+)
+def test_path_with_a_nul_is_a_config_error_not_a_value_error(
+    files: Files, extra: str, line: int, field: str
+) -> None:
+    """open() raises ValueError, not OSError, for a NUL: it went out as an internal error (found
+    by fuzzing/config_file.py)."""
+    text = Path(files.minimal(extra)).read_text()
+    if not extra:
+        text = text.replace("/tls.crt\n", '/tls.crt\\0"\n').replace("cert_file: ", 'cert_file: "')
+    path = files.write(text)
+    assert_shape(load_error(path), path, line, field, "cannot open the file", "without NUL characters")
 
 
 def make_ca_pem() -> bytes:

@@ -154,6 +154,29 @@ def test_head_in_pieces() -> None:
     assert parsed is not None and parsed[1] == b"tail"
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([h for h in GOOD if h[0] != "Connection"], 426),  # a WebSocket upgrade without Connection
+        ([("Host", "x")], 400),  # plain HTTP
+    ],
+)
+def test_the_answer_is_the_heads_however_the_bytes_are_split(
+    headers: list[tuple[str, str]], status: int
+) -> None:
+    """What follows a head that is no upgrade is not parsed as HTTP: a client's early frames in the
+    same read made llhttp fail (400) where the next read gave the head's own answer (426); found
+    by fuzzing/handshake.py."""
+    data = head(headers) + b"\x82\x85abcd12345"
+    cut = len(head(headers))
+    for pieces in ([data], [data[:cut], data[cut:]]):
+        parser = UpgradeParser()
+        parsed = next(p for p in map(parser.feed, pieces) if p is not None)
+        with pytest.raises(UpgradeRefused) as refused:
+            check_upgrade(parsed[0])
+        assert refused.value.status == status, pieces
+
+
 def test_size_limits() -> None:
     big = head([*GOOD, ("X-Big", "a" * MAX_HEAD_BYTES)])
     with pytest.raises(UpgradeRefused) as info:

@@ -205,19 +205,32 @@ class _Doc:
         detail: str | None = None,
         line: int | None = None,
     ) -> ConfigError:
-        m = self.mask
+        def m(text: str) -> str:
+            return _printable(self.mask(text))
+
         return ConfigError(
             m(message),
             file=self.file,
             line=line if line is not None else (_line(node) if node is not None else None),
-            field=fld,
+            field=None if fld is None else _printable(fld),
             found=None if found is None else m(found),
             expected=None if expected is None else m(expected),
             detail=None if detail is None else m(detail),
         )
 
     def warn(self, node: Node, fld: str, message: str) -> None:
-        self.warnings.append(self.mask(f"{self.file}:{_line(node)}: {fld}: {message}".replace("\n", " ")))
+        text = f"{self.file}:{_line(node)}: {_printable(fld)}: {message}".replace("\n", " ")
+        self.warnings.append(_printable(self.mask(text)))
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters written as escapes (a key `"\\r"` is shown as `\\r`): a
+    carriage return or an escape sequence from the file must not break or rewrite the one line
+    a mistake is shown on (found by fuzzing/config_file.py). A newline stays: render() makes it a
+    space."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
 _T = TypeVar("_T")
@@ -475,6 +488,14 @@ def _open_failure(doc: _Doc, node: Node | None, fld: str | None, path: str, exc:
     )
 
 
+def _nul_in_path(doc: _Doc, node: Node, fld: str, path: str) -> ConfigError:
+    """A path with a NUL (``"\\0"`` in YAML) names no file: open() raises ValueError, not
+    OSError; it was an internal error until fuzzing/config_file.py found it."""
+    return doc.error(
+        node, fld, "cannot open the file", found=_q(path), expected="a file path without NUL characters"
+    )
+
+
 def _permission_denied(doc: _Doc, node: Node | None, fld: str | None, path: str) -> ConfigError:
     """Say whose file it is, its mode, who we are, and both ways out (SPEC §3)."""
     me = _who(os.geteuid())
@@ -519,6 +540,8 @@ def _probe_readable(doc: _Doc, node: Node, fld: str, path: str) -> None:
             pass
     except OSError as exc:
         raise _open_failure(doc, node, fld, path, exc) from None
+    except ValueError:  # open() refuses a NUL before asking the system
+        raise _nul_in_path(doc, node, fld, path) from None
 
 
 def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
@@ -528,6 +551,8 @@ def _check_ca_bundle(doc: _Doc, node: Node, fld: str, path: str) -> None:
             data = f.read()
     except OSError as exc:
         raise _open_failure(doc, node, fld, path, exc) from None
+    except ValueError:
+        raise _nul_in_path(doc, node, fld, path) from None
     expected = "a PEM bundle of CA certificates (-----BEGIN CERTIFICATE-----)"
     try:
         text = data.decode("ascii")
@@ -658,8 +683,21 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
             expected="UTF-8 YAML",
             line=line,
         ) from None
+    loader: yaml.SafeLoader | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)  # yaml.compose's steps, so the place is known on recursion
+        root = loader.get_single_node()
+    except RecursionError:
+        assert loader is not None  # the constructor does not recurse
+        # PyYAML composes nested collections recursively: `[` a thousand times (found by
+        # fuzzing/config_file.py) went out as an internal error instead of this line.
+        raise doc.error(
+            None,
+            None,
+            "invalid YAML: lists or mappings nested too deeply",
+            expected="a config nested a few levels deep",
+            line=(loader.marks[-1] if loader.marks else loader.get_mark()).line + 1,  # the innermost open
+        ) from None
     except yaml.MarkedYAMLError as exc:
         # PyYAML's own wording, in its order: "while parsing X, expected Y, but found Z".
         mark = exc.problem_mark or exc.context_mark
@@ -682,6 +720,9 @@ def _parse_yaml(doc: _Doc, path: str) -> Node:
         ) from None
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above carries a place
         raise doc.error(None, None, f"invalid YAML: {exc}", expected="valid YAML", line=1) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if root is None:
         raise doc.error(
             None, None, "the file is empty", expected="a YAML mapping with listen_addr, tls, routes", line=1

@@ -62,6 +62,10 @@ def refusal_response(status: int, body: str, headers: tuple[tuple[str, str], ...
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
 
 
+class _HeadComplete(Exception):
+    """Raised from on_headers_complete to stop llhttp at the end of a head that is no upgrade."""
+
+
 class UpgradeParser:
     """Collects one upgrade request head from the stream (httptools callbacks)."""
 
@@ -84,8 +88,9 @@ class UpgradeParser:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:  # llhttp always gives the head's end
             rest = data[int(upgrade.args[0]) :]
-        except httptools.HttpParserError:
-            raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True) from None
+        except httptools.HttpParserError as error:
+            if not isinstance(error.__context__, _HeadComplete):
+                raise refused(400, NOT_A_TUNNEL, not_websocket=True, quiet=True) from None
         if not self._complete:
             return None
         parser = self._parser
@@ -107,6 +112,12 @@ class UpgradeParser:
 
     def on_headers_complete(self) -> None:
         self._complete = True
+        if not self._parser.should_upgrade():
+            # Not an upgrade to llhttp (check_upgrade refuses it): what follows the head is not
+            # parsed as HTTP, so the answer is the head's alone, however the bytes were split.
+            # It was a 400 when the client's first frames came in the same read (llhttp failed
+            # on them as a second request) and a 426 when they came in the next one (fuzzing/).
+            raise _HeadComplete
 
     def _count(self, n: int) -> None:
         self._size += n
