@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -32,11 +32,18 @@ _REASONS = {
 class AdminServer:
     """Serves the proxy's health and metrics.
 
-    It knows the proxy by two callbacks only: `readiness` (why /readyz is 503, or None) and
-    `metrics` (the exposition text, with whatever counts wait for the log's flush counted).
+    It knows what it serves by two callbacks only: `readiness` (why /readyz is 503, or None) and
+    `metrics` (the exposition text, with whatever counts wait for the log's flush counted). They
+    are coroutines so one server serves both a proxy (answered at once) and the supervisor of
+    `workers: N` (which asks every worker first).
     """
 
-    def __init__(self, *, readiness: Callable[[], str | None], metrics: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        *,
+        readiness: Callable[[], Awaitable[str | None]],
+        metrics: Callable[[], Awaitable[bytes]],
+    ) -> None:
         self.readiness = readiness
         self.metrics = metrics
         self._server: asyncio.Server | None = None
@@ -59,7 +66,7 @@ class AdminServer:
             self._server.close()
             self._server = None
 
-    def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for one request; the routing of the admin pages."""
         if path not in ("/healthz", "/readyz", "/metrics"):
             return 404, TEXT, b"not found: try /healthz, /readyz or /metrics\n"
@@ -68,11 +75,11 @@ class AdminServer:
         if path == "/healthz":
             return 200, TEXT, b"ok\n"
         if path == "/readyz":
-            problem = self.readiness()
+            problem = await self.readiness()
             if problem is None:
                 return 200, TEXT, b"ready\n"
             return 503, TEXT, f"not ready: {problem}\n".encode()
-        return 200, CONTENT_TYPE_LATEST, self.metrics()
+        return 200, CONTENT_TYPE_LATEST, await self.metrics()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -87,7 +94,7 @@ class AdminServer:
         else:
             method = parts[0].decode("latin-1")
             path = parts[1].decode("latin-1").split("?", 1)[0]
-            status, ctype, body = self.answer(method, path)
+            status, ctype, body = await self.answer(method, path)
         lines = [
             f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
             f"Content-Type: {ctype}",

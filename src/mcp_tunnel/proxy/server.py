@@ -153,7 +153,10 @@ class ProxyServer:
     def _upstream_unsolicited(self, route: str, upstream: str) -> None:
         self.forward_context.upstream_unsolicited(route, upstream)
 
-    def _scrape(self) -> bytes:
+    async def _readiness_page(self) -> str | None:
+        return self.readiness()
+
+    async def _scrape(self) -> bytes:
         """/metrics: the counts still waiting for the log's flush (`Logger.later`) go in first."""
         self.log.flush()
         return self.metrics.render()
@@ -222,7 +225,7 @@ class ProxyServer:
         if admin and cfg.admin_port is not None:
             from mcp_tunnel.proxy.admin import AdminServer
 
-            self.admin = AdminServer(readiness=self.readiness, metrics=self._scrape)
+            self.admin = AdminServer(readiness=self._readiness_page, metrics=self._scrape)
             await self.admin.start(cfg.admin_host or None, cfg.admin_port)
             self.log.info("admin listening", addr=self.admin.address)
         if sock is not None:

@@ -49,13 +49,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from mcp_tunnel.config import Config, load_config
 from mcp_tunnel.logs import Logger
-from mcp_tunnel.proxy.admin import _REASONS, MAX_REQUEST_HEAD, READ_TIMEOUT, TEXT
+from mcp_tunnel.proxy.admin import AdminServer
 from mcp_tunnel.proxy.metrics_sum import render_sum
 from mcp_tunnel.proxy.run import SCRAPE_TIMEOUT, WorkerSide, exit_now, load_tls, loop_factory, serve
 
@@ -257,7 +257,7 @@ class Supervisor:
         self.draining = False
         self.restarts = 0
         self._stop = asyncio.Event()
-        self._admin: asyncio.Server | None = None
+        self._admin: AdminServer | None = None
         self._own = CollectorRegistry()  # the supervisor's process_*: added to the workers'
         ProcessCollector(registry=self._own)
 
@@ -352,49 +352,6 @@ class Supervisor:
         answers = await asyncio.gather(*(self._ask(s, b"readyz") for s in self.slots))
         return combined_readiness(self.draining, [None if a is None else a.decode() for a in answers])
 
-    # --- admin_addr ---------------------------------------------------------------------------
-
-    async def _answer(self, method: str, path: str) -> tuple[int, str, bytes]:
-        if path not in ("/healthz", "/readyz", "/metrics"):
-            return 404, TEXT, b"not found: try /healthz, /readyz or /metrics\n"
-        if method not in ("GET", "HEAD"):
-            return 405, TEXT, b"only GET and HEAD\n"
-        if path == "/healthz":
-            return 200, TEXT, b"ok\n"
-        if path == "/readyz":
-            problem = await self.readiness()
-            if problem is None:
-                return 200, TEXT, b"ready\n"
-            return 503, TEXT, f"not ready: {problem}\n".encode()
-        return 200, CONTENT_TYPE_LATEST, await self.metrics()
-
-    async def _serve_admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """The same pages and framing as `admin.AdminServer`, answered for all the workers."""
-        try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
-            return
-        parts = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            status, ctype, body, method = 400, TEXT, b"bad request\n", "GET"
-        else:
-            method = parts[0].decode("latin-1")
-            status, ctype, body = await self._answer(method, parts[1].decode("latin-1").split("?", 1)[0])
-        head_lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-        ]
-        data = ("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1")
-        with contextlib.suppress(ConnectionError):
-            writer.write(data if method == "HEAD" else data + body)
-            await writer.drain()
-        writer.close()
-
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def _watch_config(self) -> None:
@@ -447,14 +404,12 @@ class Supervisor:
         cfg = self.config
         if cfg.admin_port is not None:
             try:
-                self._admin = await asyncio.start_server(
-                    self._serve_admin, cfg.admin_host or None, cfg.admin_port, limit=MAX_REQUEST_HEAD
-                )
+                self._admin = AdminServer(readiness=self.readiness, metrics=self.metrics)
+                await self._admin.start(cfg.admin_host or None, cfg.admin_port)
             except OSError as exc:
                 self.log.error("cannot listen", error=str(exc))
                 return 1
-            host, port = self._admin.sockets[0].getsockname()[:2]
-            self.log.info("admin listening", addr=f"{host}:{port}")
+            self.log.info("admin listening", addr=self._admin.address)
         host, port = self.sock.getsockname()[:2]
         self.log.info("listening", addr=f"{host}:{port}", workers=len(self.slots))
         keepers = [loop.create_task(self._keep(slot)) for slot in self.slots]
@@ -469,7 +424,7 @@ class Supervisor:
             self._signal_all(signal.SIGKILL)
             await asyncio.gather(*keepers)
         if self._admin is not None:
-            self._admin.close()
+            await self._admin.stop()
         self.sock.close()
         failed = [s.number for s in self.slots if s.exit_code not in CLEAN_EXITS]
         self.log.info("stopped", workers=len(self.slots), failed=",".join(map(str, failed)) or "none")
