@@ -43,10 +43,11 @@ There is no 503 `ProxyError`: the proxy answers 503 only to an upgrade it does n
 Not in the tree, on purpose: `envref.EnvRefError` is a ValueError and `proxy.dns.LookupsBusy` an
 OSError, caught as such by code that handles those built-in families; and the private control
 flow of one module (`_Truncated`, `_StaleConnection`, `_Unsolicited` in proxy/forward.py,
-`_StopParsing` in proxy/http_server.py, `_TooLarge` in client/local_endpoint.py, `_Unstable` in
-certs/reload.py) never leaves it. Modules that raised one of these before it moved here
-re-export it (`ws_frames.FrameError`, `ws_handshake.UpgradeRefused`,
-`tls_session.TLSHandshakeError`, `proxy.upstream.Upstream*Error`, `setup.errors.*`).
+`_StopParsing` in proxy/http_server.py, `_HeadComplete` in ws_handshake.py, `_TooLarge` in
+client/local_endpoint.py, `_Unstable` in certs/reload.py) never leaves it. Modules that raised
+one of these before it moved here re-export it (`ws_frames.FrameError`,
+`ws_handshake.UpgradeRefused`, `tls_session.TLSHandshakeError`, `proxy.upstream.Upstream*Error`,
+`setup.errors.*`).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def refusal_reason(err: ProxyError) -> str | None:
     """Why an upstream exchange failed, as a label; None when the upstream was not involved.
 
     `UpstreamUnreachable` subclasses say which step failed in a `refusal` class attribute
-    (`proxy.upstream` defines them); a bare one is a connect failure.
+    (errors.py defines them); a bare one is a connect failure.
     """
     if isinstance(err, UpstreamRefused):
         return "ip_policy"

@@ -2,12 +2,13 @@
 
 `ws_handshake` answers the opening handshake on the proxy's side (websockets' sans-I/O
 `ClientProtocol` still makes it on the tunnel client's); this module takes over once the 101 is
-sent. A tunnel only ever carries one TLS byte stream in binary messages, so it needs no message
-assembly, no extensions and no text decoding: each data frame's payload is handed on as it
-arrives. Doing that here instead of through websockets' general frame parser (a generator over
-a stream reader, an event object per frame) measured ~5 us less per request and ~1.2 KB less
-per idle tunnel (docs/performance.md). Masking uses websockets' C `apply_mask`; the framing
-rules are checked against websockets' own `Frame` in tests/test_ws_frames.py.
+sent, run by `tunnel_session` on both ends. A tunnel only ever carries one TLS byte stream in
+binary messages, so it needs no message assembly, no extensions and no text decoding: each
+data frame's payload is handed on as it arrives. Doing that here instead of through
+websockets' general frame parser (a generator over a stream reader, an event object per frame)
+measured ~5 us less per request and ~1.2 KB less per idle tunnel (docs/performance.md).
+Masking uses websockets' C `apply_mask`; the framing rules are checked against websockets' own
+`Frame` in tests/test_ws_frames.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Forwarding one exchange to its upstream and streaming the answer back (SPEC §5).
 
-Bodies stream both ways; each chunk the upstream sends is written to the tunnel at once.
-Proxy-made answers (no route, refused address, timeouts) are one line of plain text.
+Bodies stream both ways; each chunk the upstream sends is written to the tunnel at once, unless
+the `oauth:` or `mcp:` section holds the answer to rewrite, filter or read it whole. Proxy-made
+answers (no route, refused address, timeouts) are one line of plain text; an `mcp:` answer
+(a denied tool call) is JSON.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ class ForwardContext:
     """What forwarding needs of the running proxy, and nothing more.
 
     server.py builds one and keeps it current: `configure` on a reload, `draining` once the
-    proxy drains. An exchange reads the connector, limits and settings once, when it begins, so
-    it sees one config from its start to its end even across a reload. The lines and counts
-    about an exchange are written here rather than by the server, so that this layer needs
-    nothing above it.
+    proxy drains. An exchange reads the router, the mcp: policy and the connector (so the IP
+    policy) once, when it begins; run as a task, it reads the limits and upstream settings when
+    the task starts and the oauth: rewriter once connected, so a reload in between gives it the
+    new ones. The lines and counts about an exchange are written here rather than by the server,
+    so that this layer needs nothing above it.
     """
 
     __slots__ = (

@@ -2,7 +2,8 @@
 how often timeouts are checked.
 
 Kept apart from the servers so each rule is a plain function of its inputs and is tested as
-such; `admin.py` and `reload.py` only gather the inputs and act on the answer.
+such; `server.py` (readiness, the deadline sweep), `forward.py` (the upstream response
+timeout) and `reload.py` only gather the inputs and act on the answer.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Validate, then swap: the file is loaded with the same `load_config` as at start;
 that loads completely (and whose certificate pair loads, when the paths changed) is applied, in
 one synchronous call (`ProxyServer.apply`, given as `ReloadTarget.apply`: this module knows the
 running proxy only through a `ReloadTarget`). Anything else leaves the running config untouched and is
-logged as one line. Every attempt is one log line and one `mcp_tunnel_config_reloads_total`
-increment. What changes and what needs a restart is decided by `policy.plan_reload`.
+logged as one line. Every attempt is one `config reloaded` or `config reload failed` line (a
+success adds a line per route added, changed or removed, and the config's warnings) and one
+`mcp_tunnel_config_reloads_total` increment. What changes and what needs a restart is decided
+by `policy.plan_reload`.
 
 Why poll the file: a ConfigMap mount changes by swapping a `..data` symlink, which inotify on the
 file name does not report; `os.stat` follows symlinks, so the stamp of the *target* changes on

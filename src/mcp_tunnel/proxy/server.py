@@ -32,11 +32,12 @@ CLOSE_FLUSH_SECONDS = 1.0
 
 
 class ProxyServer:
-    """State shared by every tunnel connection; swapped as a whole on reload.
+    """State shared by every tunnel connection; a reload swaps its configuration in one
+    synchronous `apply`.
 
-    The layers below get narrow contexts built here, not this object: the inner HTTP layer an
-    `HTTPContext`, the forwarder a `ForwardContext`, the admin listener two callbacks. `apply`
-    and `draining` keep them current.
+    The layers below get narrow contexts built here, not this object: each tunnel a
+    `TunnelContext`, the inner HTTP layer an `HTTPContext`, the forwarder a `ForwardContext`,
+    the admin listener two callbacks. `apply` and `draining` keep them current.
     """
 
     def __init__(

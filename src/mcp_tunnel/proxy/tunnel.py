@@ -496,7 +496,7 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
         self.deadline = 0.0
 
     def set_timer(self, delay: float, callback: Callable[[], object]) -> None:
-        """Replace the connection's deadline (idle or header-read) as its state moves on."""
+        """Replace the connection's deadline (header read, body, idle) as its state moves on."""
         if self.closing:
             return  # the close deadline stays: a closing connection must not wait on idle again
         if delay > 0:

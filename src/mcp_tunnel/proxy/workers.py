@@ -2,8 +2,9 @@
 
 One Python process runs on one core; nginx and Go proxies use them all. With N > 1 the proxy
 process becomes a supervisor that binds the listener once and starts N workers, each a full
-proxy (`ProxyServer`: the whole data path, its own certificate watcher and config reloader),
-serving that same socket. With N == 1 none of this exists: the proxy runs as it always did.
+proxy (`run.serve`: a `ProxyServer` with the whole data path, its own certificate watcher and
+config reloader), serving that same socket. With N == 1 none of this exists: the proxy runs as
+it always did.
 
 Why one socket bound by the supervisor and inherited, not SO_REUSEPORT per worker: with
 SO_REUSEPORT each worker has its own accept queue, and the connections waiting in a worker's
@@ -185,7 +186,7 @@ def _worker_parser() -> argparse.ArgumentParser:
 
 
 def worker_main(argv: list[str]) -> int:
-    """One worker: the proxy of `cli.serve` on the inherited socket, reporting to the supervisor."""
+    """One worker: the proxy of `run.serve` on the inherited socket, reporting to the supervisor."""
     # Until `serve` installs its handlers: Ctrl-C reaches the supervisor, which drains us; a
     # SIGHUP forwarded while we start must not kill us (the config is read just below anyway).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
