@@ -54,6 +54,10 @@ def imports(name: str, path: Path, package: bool, known: dict[str, tuple[Path, b
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 targets.append(sub if sub in known else base)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
+            # A module named in a string is imported by name (`importlib.import_module`, the
+            # command table of cli.py) or run (`python -m`): a dependency all the same.
+            targets.append(node.value)
     found: set[str] = set()
     for target in targets:
         while target and target not in known:  # `import a.b.c` of an outside name, a re-export
@@ -167,7 +171,8 @@ def test_lower_layer_never_reaches_a_higher_one(lower: str, higher: str) -> None
 
 
 def test_the_finder_sees_every_import_form(tmp_path: Path) -> None:
-    """TYPE_CHECKING, function-local, relative and `from package import module` all count."""
+    """TYPE_CHECKING, function-local, relative, `from package import module` and a module named
+    in a string (imported by name) all count."""
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -178,9 +183,12 @@ def test_the_finder_sees_every_import_form(tmp_path: Path) -> None:
     (pkg / "b.py").write_text("def f():\n    from .sub import c\n")
     (pkg / "sub" / "c.py").write_text("from ..a import Y\nimport os.path\n")
     (pkg / "d.py").write_text("import pkg.sub.c\n")
+    # imported by name, as cli.py's command table does; a string naming no module is no edge
+    (pkg / "e.py").write_text("import importlib\nm = importlib.import_module('pkg.d')\nx = 'pkg.zz'\n")
     edges = graph(tmp_path)
     assert edges["pkg.a"] == {"pkg.b"}
     assert edges["pkg.b"] == {"pkg.sub.c"}
     assert edges["pkg.sub.c"] == {"pkg.a"}
     assert edges["pkg.d"] == {"pkg.sub.c"}
+    assert edges["pkg.e"] == {"pkg.d"}
     assert cycles(edges) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]

@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.sample_server import DEMO_EXTRA as DEMO_EXTRA
 from mcp_tunnel.sample_server import DEMO_MODULES as DEMO_MODULES
 from mcp_tunnel.sample_server import require_demo_extra

@@ -27,7 +27,7 @@ from mcp_tunnel.certs.generate import (
     pem_cert,
     pem_key,
 )
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.errors import CertificateError, UsageError
 
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"

@@ -8,7 +8,7 @@ import sys
 from urllib.parse import urlsplit
 
 from mcp_tunnel import redact
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.client.tunnel_client import TunnelClient, client_ssl_context
 from mcp_tunnel.errors import TunnelClientError, UsageError
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.client.local_endpoint import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,

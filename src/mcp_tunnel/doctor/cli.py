@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import NoReturn
 
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.doctor.context import DEFAULT_PROXY_UID, Options
 from mcp_tunnel.doctor.outbound import split_host_port
 from mcp_tunnel.doctor.runner import diagnose

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from mcp_tunnel import redact
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.config import DEFAULT_CONFIG_PATH, load_config
 from mcp_tunnel.logs import Logger, buffered_stderr
 from mcp_tunnel.proxy.run import load_tls, loop_factory, serve

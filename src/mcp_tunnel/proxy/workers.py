@@ -452,7 +452,7 @@ def supervise(config: Config, log: Logger, *, tunnel_domain: str | None = None) 
 
 
 def main() -> int:
-    from mcp_tunnel.cli import run_guarded
+    from mcp_tunnel.cli_common import run_guarded
 
     return run_guarded(worker_main, sys.argv[1:])
 

@@ -21,7 +21,7 @@ from typing import NoReturn, TextIO
 
 from mcp_tunnel import redact
 from mcp_tunnel.certs.generate import KEY_TYPES
-from mcp_tunnel.cli import add_debug_flag
+from mcp_tunnel.cli_common import add_debug_flag
 from mcp_tunnel.duration import parse_duration
 from mcp_tunnel.errors import MCPTunnelError, UsageError
 from mcp_tunnel.setup.api import TunnelsAPI
