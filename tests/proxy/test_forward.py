@@ -55,6 +55,45 @@ async def test_a_pooled_connection_the_upstream_dropped_is_retried_on_a_fresh_on
     await upstream.close()
 
 
+async def test_a_second_attempt_dials_afresh_rather_than_take_another_idle_connection(
+    tmp: Path, pki: PKI
+) -> None:
+    """Two idle connections the upstream has both dropped: the retry after the first must not
+    take the second (it would be a 502 where a new connection answers)."""
+    served: dict[asyncio.StreamWriter, int] = {}
+    both = asyncio.Event()
+
+    async def one_per_connection(req: Received, writer: asyncio.StreamWriter) -> None:
+        served[writer] = served.get(writer, 0) + 1
+        if served[writer] > 1:
+            writer.transport.abort()  # this connection went stale in the pool
+            return
+        if req.target.startswith("/warm"):
+            if len(served) == 2:
+                both.set()
+            await asyncio.wait_for(both.wait(), 10)  # both warm-ups in flight: two connections
+        writer.write(OK)
+
+    upstream = await RecordingUpstream(one_per_connection).start()
+    stack = start_stack(tmp, pki, _routes(upstream))
+    with stack.proc:
+        first, second = stack.client(), stack.client()
+        a, b = await first.connect(HOST), await second.connect(HOST)
+        warm = await asyncio.gather(
+            a.request("GET", "/warm1", host=HOST), b.request("GET", "/warm2", host=HOST)
+        )
+        assert [await r.read() for r in warm] == [b"ok\n", b"ok\n"]
+        assert upstream.connections == 2
+        resp = await a.request("GET", "/retry", host=HOST)
+        assert (resp.status, await resp.read()) == (200, b"ok\n")
+        assert sorted(r.target for r in upstream.requests) == ["/retry", "/retry", "/warm1", "/warm2"]
+        assert upstream.connections == 3  # the second attempt on a new connection
+        await a.close()
+        await b.close()
+        assert stack.proc.stop() == 0
+    await upstream.close()
+
+
 async def test_a_pooled_connection_dropped_and_then_a_fresh_one_is_a_502(tmp: Path, pki: PKI) -> None:
     async def answers_warm_only(req: Received, writer: asyncio.StreamWriter) -> None:
         if req.target == "/warm":

@@ -326,9 +326,48 @@ async def test_a_reload_reaches_the_layers_through_their_contexts(
     new = dataclasses.replace(server.config, limits=limits)
     server.apply(new)
     assert server.forward_context is fwd and server.http_context is http  # kept current, not replaced
-    assert fwd.connector is server.connector and fwd.router is server.router
-    assert fwd.limits is limits and http.limits is limits
+    assert fwd.config.connector is server.connector and fwd.config.router is server.router
+    assert fwd.config.limits is limits and http.limits is limits
     assert not fwd.draining and not http.draining
     server.draining = True  # what SIGTERM does first (proxy/cli.py)
     assert fwd.draining and http.draining
+    await proxy.stop()
+
+
+async def test_an_exchange_keeps_the_config_it_began_with(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """A reload while a policy route's body is still arriving: the exchange began under the old
+    config and is sent upstream with it (here `upstream.host_header`), never with a mix."""
+    proxy = await start_proxy(
+        tmp,
+        pki,
+        {"echo": f"http://127.0.0.1:{upstream.port}"},
+        mcp={"routes": {"echo": {"allow_tools": ["*"]}}},
+    )
+    server = proxy.server
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{}}}'
+    conn = await proxy.client().connect(HOST)
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    await conn.send_raw(head + body[:10])
+
+    def begun() -> bool:  # the forwarder has taken the exchange (it waits for the whole body)
+        return any(
+            t.http is not None and t.http.exchanges and t.http.exchanges[0].running for t in server.tunnels
+        )
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not begun():
+        assert asyncio.get_running_loop().time() < deadline, "the exchange never began"
+        await asyncio.sleep(0.005)  # polling a condition, with a deadline
+    upstream_settings = dataclasses.replace(server.config.upstream, host_header="upstream")
+    server.apply(dataclasses.replace(server.config, upstream=upstream_settings))
+    await conn.send_raw(body[10:])
+    resp = await conn.read_response()
+    assert resp.status == 200
+    assert upstream.requests[0].header("host") == HOST  # the old "original", not 127.0.0.1:port
+    await conn.close()
     await proxy.stop()

@@ -49,35 +49,18 @@ from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
 from mcp_tunnel.routing import Route, Router
 
 
-class ForwardContext:
-    """What forwarding needs of the running proxy, and nothing more.
+class ForwardConfig:
+    """One configuration's worth of what forwarding uses, replaced as a whole on a reload.
 
-    server.py builds one and keeps it current: `configure` on a reload, `draining` once the
-    proxy drains. An exchange reads the router, the mcp: policy and the connector (so the IP
-    policy) once, when it begins; run as a task, it reads the limits and upstream settings when
-    the task starts and the oauth: rewriter once connected, so a reload in between gives it the
-    new ones. The lines and counts about an exchange are written here rather than by the server,
-    so that this layer needs nothing above it.
+    An exchange takes the one in force when it begins and keeps it to its end, whichever way it
+    runs (no task, a task, a second attempt): its route, IP policy (the connector), limits,
+    upstream settings, mcp: policy and oauth: rewriter all come from one config, never a mix.
     """
 
-    __slots__ = (
-        "connector",
-        "draining",
-        "limits",
-        "log",
-        "loop",
-        "mcp",
-        "metrics",
-        "oauth",
-        "router",
-        "upstream_settings",
-    )
+    __slots__ = ("connector", "limits", "mcp", "oauth", "router", "upstream_settings")
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        log: Logger,
-        metrics: Metrics,
         *,
         limits: Limits,
         router: Router,
@@ -86,34 +69,37 @@ class ForwardContext:
         mcp: McpPolicy | None,
         oauth: OAuthRewriter | None,
     ) -> None:
-        self.loop = loop
-        self.log = log
-        self.metrics = metrics
         self.limits = limits
         self.router = router
         self.connector = connector
         self.upstream_settings = upstream_settings
         self.mcp = mcp  # None: no JSON work at all
         self.oauth = oauth  # None: every byte passes as is
+
+
+class ForwardContext:
+    """What forwarding needs of the running proxy, and nothing more.
+
+    server.py builds one and keeps it current: `configure` on a reload (a new `ForwardConfig`,
+    for the exchanges that begin from then on), `draining` once the proxy drains. The lines and
+    counts about an exchange are written here rather than by the server, so that this layer
+    needs nothing above it.
+    """
+
+    __slots__ = ("config", "draining", "log", "loop", "metrics")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, log: Logger, metrics: Metrics, config: ForwardConfig
+    ) -> None:
+        self.loop = loop
+        self.log = log
+        self.metrics = metrics
+        self.config = config
         self.draining = False  # responses say `Connection: close`; nothing is kept alive
 
-    def configure(
-        self,
-        *,
-        limits: Limits,
-        router: Router,
-        connector: Connector,
-        upstream_settings: UpstreamSettings,
-        mcp: McpPolicy | None,
-        oauth: OAuthRewriter | None,
-    ) -> None:
+    def configure(self, config: ForwardConfig) -> None:
         """A reload: what exchanges begun from now on use."""
-        self.limits = limits
-        self.router = router
-        self.connector = connector
-        self.upstream_settings = upstream_settings
-        self.mcp = mcp
-        self.oauth = oauth
+        self.config = config
 
     def keeps_alive(self, ex: Exchange) -> bool:
         """Whether the tunnel's connection stays open after `ex`'s answer, for every answer the
@@ -469,10 +455,9 @@ class Forwarder:
             self._finish(http, ex)
             return
         ctx = self.ctx
-        # One consistent view of the config for the whole exchange, even across a reload.
-        connector = ctx.connector
+        cfg = ctx.config  # the exchange's config to its end, even across a reload
         try:
-            route, whole, judged = self._decide(tunnel, ex)
+            route, whole, judged = self._decide(tunnel, ex, cfg)
         except Exception as exc:  # answered by the proxy itself, now: nothing went upstream
             self._failed(tunnel, ex, exc)
             self._finish(http, ex)
@@ -481,17 +466,19 @@ class Forwarder:
             self._finish(http, ex)
             return
         if judged and whole is not None:
-            conn = connector.pooled(route)
+            conn = cfg.connector.pooled(route)
             if conn is not None:
-                relay = self._send(tunnel, ex, route, conn, whole, ctx.upstream_settings, ctx.limits)
+                relay = self._send(tunnel, ex, route, conn, whole, cfg)
                 ex.running = relay.done
-                done = partial(self._answered, tunnel, http, ex, relay, connector, whole)
+                done = partial(self._answered, tunnel, http, ex, relay, cfg, whole)
                 relay.done.add_done_callback(done)
                 return
-        task = self.run(tunnel, http, ex, route, connector, whole, judged=judged)
+        task = self.run(tunnel, http, ex, route, cfg, whole, judged=judged)
         ex.running = ctx.loop.create_task(task)
 
-    def _decide(self, tunnel: Tunnel, ex: Exchange) -> tuple[Route | None, bytes | None, bool]:
+    def _decide(
+        self, tunnel: Tunnel, ex: Exchange, cfg: ForwardConfig
+    ) -> tuple[Route | None, bytes | None, bool]:
         """Every decision about where an exchange goes, in one place for both ways it runs.
 
         Returns its route (None when the proxy answered it: a denied tool call, a body a policy
@@ -508,7 +495,7 @@ class Forwarder:
         if tunnel.sni_host is not None and tunnel.sni_host != head.host:
             self._log_started(ex)
             ctx.sni_mismatch(tunnel, head.host)
-        route = ctx.router.lookup(head.host)
+        route = cfg.router.lookup(head.host)
         if route is None:
             self._log_started(ex)
             ctx.log.warn("no route for host", host=head.host)
@@ -517,7 +504,7 @@ class Forwarder:
         # A body that has fully arrived is sent with the head in one write, and can be sent
         # again if a pooled connection turns out to be stale.
         whole = ex.body.complete_now() if head.has_body else b""
-        mcp = ctx.mcp
+        mcp = cfg.mcp
         if mcp is None:
             return route, whole, True
         ex.mcp = mex = mcp.exchange(route.key, head.method, head.headers, head.has_body)
@@ -535,7 +522,7 @@ class Forwarder:
         http: Connection,
         ex: Exchange,
         relay: ResponseRelay,
-        connector: Connector,
+        cfg: ForwardConfig,
         whole: bytes,
         done: asyncio.Future[bool],
     ) -> None:
@@ -546,7 +533,7 @@ class Forwarder:
             reusable = done.result()
         except _StaleConnection:
             conn.close()  # the second attempt, on another connection, as `_proxy` makes it
-            task = self.run(tunnel, http, ex, relay.route, connector, whole, judged=True, attempt=2)
+            task = self.run(tunnel, http, ex, relay.route, cfg, whole, judged=True, attempt=2)
             ex.running = self.ctx.loop.create_task(task)
             return
         except BaseException as exc:
@@ -557,7 +544,7 @@ class Forwarder:
                 return
             raise
         if reusable and conn.usable():
-            connector.release(conn)
+            cfg.connector.release(conn)
         else:
             conn.close()
         self._finish(http, ex)
@@ -568,7 +555,7 @@ class Forwarder:
         http: Connection,
         ex: Exchange,
         route: Route,
-        connector: Connector,
+        cfg: ForwardConfig,
         whole: bytes | None,
         *,
         judged: bool,
@@ -579,14 +566,12 @@ class Forwarder:
         `judged` False: the mcp: policy reads its body whole first. `attempt` 2: one begun
         without a task whose pooled connection was stale, tried once more on a fresh one.
         """
-        ctx = self.ctx
         try:
             if not judged:
                 whole = await self._whole_body(http, ex)
                 if self._mcp_answered(tunnel, ex, whole):
                     return
-            settings, limits = ctx.upstream_settings, ctx.limits
-            await self._proxy(tunnel, http, ex, route, connector, settings, limits, whole, attempt)
+            await self._proxy(tunnel, http, ex, route, cfg, whole, attempt)
         except BaseException as exc:
             if not self._failed(tunnel, ex, exc):
                 raise
@@ -725,21 +710,22 @@ class Forwarder:
         http: Connection,
         ex: Exchange,
         route: Route,
-        connector: Connector,
-        settings: UpstreamSettings,
-        limits: Limits,
+        cfg: ForwardConfig,
         whole: bytes | None,
         attempt: int = 1,
     ) -> None:
+        connector = cfg.connector
         while True:
-            conn = connector.pooled(route)
+            # A second attempt (the pooled connection was stale) dials afresh: the next idle one
+            # may have gone stale the same way.
+            conn = connector.pooled(route) if attempt == 1 else None
             if conn is None:
                 self._log_started(ex)  # before the connector's own lines (refused address, ...)
                 conn = await connector.connect(route)
             try:
                 if whole is None:
                     ex.body.check()  # it failed while we connected: the upstream gets nothing
-                relay = self._send(tunnel, ex, route, conn, whole, settings, limits)
+                relay = self._send(tunnel, ex, route, conn, whole, cfg)
                 reusable = await self._exchange(http, ex, relay)
             except _StaleConnection:
                 conn.close()
@@ -763,10 +749,10 @@ class Forwarder:
         route: Route,
         conn: UpstreamConnection,
         whole: bytes | None,
-        settings: UpstreamSettings,
-        limits: Limits,
+        cfg: ForwardConfig,
     ) -> ResponseRelay:
         """Write the request (with its body when `whole` holds it) and set up its response's relay."""
+        settings = cfg.upstream_settings
         head = ex.head
         assert head is not None
         host_header = route.authority.encode() if settings.host_header == "upstream" else head.raw_host
@@ -782,8 +768,8 @@ class Forwarder:
             self._log_started(ex)
         ctx = self.ctx
         loop = ctx.loop
-        timeout = limits.upstream_response_timeout
-        oauth = ctx.oauth  # the config's oauth: section; None means every byte passes as is
+        timeout = cfg.limits.upstream_response_timeout
+        oauth = cfg.oauth  # the config's oauth: section; None means every byte passes as is
         relay = ResponseRelay(
             ctx,
             tunnel,
@@ -842,7 +828,7 @@ class Forwarder:
             waiting.discard(relay)
             relay.timeout()  # a no-op once the head has arrived
         if waiting:
-            interval = check_interval(ctx.limits.upstream_response_timeout)
+            interval = check_interval(ctx.config.limits.upstream_response_timeout)
             self._check = ctx.loop.call_later(interval, self._check_waiting)
 
     async def _send_body(

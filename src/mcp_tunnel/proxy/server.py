@@ -15,7 +15,7 @@ from mcp_tunnel.logs import Logger
 from mcp_tunnel.mcp_policy import McpPolicy
 from mcp_tunnel.metrics import Metrics, handshake_reason_label
 from mcp_tunnel.oauth_rewrite import OAuthRewriter
-from mcp_tunnel.proxy.forward import ForwardContext, Forwarder
+from mcp_tunnel.proxy.forward import ForwardConfig, ForwardContext, Forwarder
 from mcp_tunnel.proxy.http_server import HTTPContext
 from mcp_tunnel.proxy.listeners import bound_address, bound_port
 from mcp_tunnel.proxy.policy import check_interval, readiness_problem
@@ -108,29 +108,20 @@ class ProxyServer:
             dns_timeout=config.limits.dns_timeout,
             on_unsolicited=self._upstream_unsolicited,
         )
+        forwarding = ForwardConfig(
+            limits=config.limits,
+            router=self.router,
+            connector=self.connector,
+            upstream_settings=config.upstream,
+            mcp=self.mcp,
+            oauth=self.oauth,
+        )
         if old is None:
-            self.forward_context = ForwardContext(
-                self.loop,
-                self.log,
-                self.metrics,
-                limits=config.limits,
-                router=self.router,
-                connector=self.connector,
-                upstream_settings=config.upstream,
-                mcp=self.mcp,
-                oauth=self.oauth,
-            )
+            self.forward_context = ForwardContext(self.loop, self.log, self.metrics, forwarding)
             self.forwarder = Forwarder(self.forward_context)
             self.http_context = HTTPContext(self.log, config.limits, self.forwarder, self._wake_drain)
         else:
-            self.forward_context.configure(
-                limits=config.limits,
-                router=self.router,
-                connector=self.connector,
-                upstream_settings=config.upstream,
-                mcp=self.mcp,
-                oauth=self.oauth,
-            )
+            self.forward_context.configure(forwarding)
             self.http_context.limits = config.limits
             self.tunnel_context.limits = config.limits
         if watcher is not None:
