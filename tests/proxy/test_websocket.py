@@ -94,6 +94,23 @@ async def test_quiet_tunnel_is_pinged_and_dropped_when_it_never_answers(tmp: Pat
     await proxy.stop()
 
 
+async def test_a_ping_timeout_shorter_than_the_interval_is_kept(tmp: Path, pki: PKI) -> None:
+    """The unanswered ping is judged at its own timeout, not at the next ping interval."""
+    proxy = await start_proxy(
+        tmp,
+        pki,
+        {"echo": "http://127.0.0.1:9"},
+        limits={"ws_ping_interval": "2s", "ws_ping_timeout": "200ms"},
+    )
+    raw = await RawWebSocket.open(proxy)
+    frame = await asyncio.wait_for(raw.next_frame(), 10)
+    assert frame is not None and frame.opcode == PING
+    # Dropped well before the next interval would come round (it used to wait for it: 2 s).
+    assert await asyncio.wait_for(raw.next_frame(), 1.5) is None
+    assert proxy.log_has("tunnel peer stopped answering pings, closing")
+    await proxy.stop()
+
+
 async def test_answered_pings_keep_a_quiet_tunnel_open(tmp: Path, pki: PKI) -> None:
     proxy = await start_proxy(
         tmp,

@@ -180,6 +180,7 @@ class ProxyServer:
             lim.header_timeout,
             lim.idle_timeout,
             lim.ws_ping_interval,
+            lim.ws_ping_timeout,
             lim.body_timeout,
             lim.write_timeout,
         )
@@ -191,22 +192,22 @@ class ProxyServer:
         One periodic pass instead of a timer per connection: per-request deadline changes are
         then a float store, and a timeout fires at most one sweep interval late.
         """
-        next_ping = self.loop.time() + self.limits.ws_ping_interval
         while True:
             await asyncio.sleep(self.sweep_interval())
             now = self.loop.time()
-            write_timeout = self.limits.write_timeout
+            limits = self.limits
+            write_timeout = limits.write_timeout
+            # Pings too, every pass: a tunnel is pinged once it has been quiet for the interval,
+            # and dropped once its ping has gone unanswered for the timeout, each at most one
+            # pass late (a ping timeout shorter than the interval included).
+            ping_interval, ping_timeout = limits.ws_ping_interval, limits.ws_ping_timeout
             for tunnel in list(self.tunnels):
                 deadline = tunnel.deadline
                 if deadline and deadline <= now:
                     tunnel.fire_deadline()
                 if tunnel.stalled_since:
                     tunnel.check_stalled(now, write_timeout)
-            if now >= next_ping:
-                interval = self.limits.ws_ping_interval
-                for tunnel in list(self.tunnels):
-                    tunnel.keepalive(now, interval, self.limits.ws_ping_timeout)
-                next_ping = now + interval
+                tunnel.keepalive(now, ping_interval, ping_timeout)
 
     # --- listener -----------------------------------------------------------------------
 

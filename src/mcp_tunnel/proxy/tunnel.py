@@ -103,7 +103,6 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
 
     __slots__ = (
         "_deadline_cb",
-        "_drain_waiters",
         "_handshake_over",
         "_head",
         "_on_writable",
@@ -142,7 +141,6 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
         self._paused_writing = False
         self._read_paused = 0  # READ_* bits
         self.stalled_since = 0.0  # loop time the peer stopped taking what we send; 0: it takes it
-        self._drain_waiters: list[asyncio.Future[None]] = []
         self._on_writable: list[Callable[[], object]] = []
         # One deadline per connection (handshake, header read, idle, close), checked by the
         # server's periodic sweep: re-arming it per request is one float store, not a timer.
@@ -183,10 +181,6 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
             session.receive_eof()
         if self.http is not None:
             self.http.abort("tunnel connection lost")
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectionResetError("tunnel connection lost"))
-        self._drain_waiters.clear()
         self.ctx.closed(self)
 
     def pause_writing(self) -> None:
@@ -204,10 +198,6 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
         self._paused_writing = False
         self.stalled_since = 0.0
         self.resume_reading(READ_BACKLOG)
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
         callbacks, self._on_writable = self._on_writable, []
         for callback in callbacks:
             callback()
@@ -428,14 +418,6 @@ class TunnelProtocol(asyncio.Protocol, Tunnel):
         elif now - self.last_rx >= interval:
             self._ping_sent = now
             self._write(session.ping(b"mcp-tunnel"))
-
-    async def drain(self) -> None:
-        """Wait until the peer has taken enough of what we sent (backpressure)."""
-        if not self._paused_writing:
-            return
-        waiter: asyncio.Future[None] = self.ctx.loop.create_future()
-        self._drain_waiters.append(waiter)
-        await waiter
 
     # --- closing -----------------------------------------------------------------------
 
