@@ -401,3 +401,22 @@ def test_whole_lines_chunks() -> None:
     assert all(chunk.endswith(b"\n") for chunk in writes)
     assert all(len(chunk) <= select.PIPE_BUF for chunk in writes[:-1])
     assert writes[-1] == b"L" * 9000 + b"\n"
+
+
+async def test_a_drain_while_a_worker_waits_to_restart_is_clean(
+    tmp: Path, pki: PKI, upstream: RecordingUpstream
+) -> None:
+    """A worker that died is logged when it dies; a drain that begins while it waits to be
+    restarted loses nothing in it, so the supervisor still exits 0."""
+    stack = _stack(tmp, pki, upstream.port)
+    with stack.proc:
+        for n in (1, 2, 3):  # quick deaths: the restart waits 0.25, 0.5, then 1 s
+            line = await stack.wait_log('msg="worker started" worker=2 ', n=n)
+            os.kill(int(line.rsplit("pid=", 1)[1].split()[0]), signal.SIGKILL)
+            died = await stack.wait_log('msg="worker exited, restarting" worker=2 ', n=n)
+        assert "restart_in=1s" in died
+        stack.proc.proc.send_signal(signal.SIGTERM)  # within that second
+        assert await asyncio.to_thread(stack.proc.proc.wait, 20) == 0
+        assert stack.count('msg="worker started" worker=2 ') == 3  # not restarted during the drain
+        line = await stack.wait_log("msg=stopped workers=2")
+        assert "failed=none" in line

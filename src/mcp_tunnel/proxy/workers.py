@@ -307,6 +307,10 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
+        # The drain began while no process ran in this slot (waiting to restart one that died,
+        # or one that could not be made): nothing was in flight here, so nothing was lost. Its
+        # earlier death was logged and counted when it happened.
+        slot.exit_code = 0
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for slot in self.slots:
