@@ -14,6 +14,11 @@ handshakes, one request, the close), the targets taken connection by connection 
 slow moment falls on all of them alike. Rounds of `python -m bench` a few seconds apart differ by
 up to 20 % on this figure; two copies of one proxy here came out within 1-2 % per window.
 
+With `--loaded N` another table follows: CPU per small request under load (64 keep-alive
+tunnels, each sending the next request as soon as its answer is in, as `python -m bench`'s
+`small` figure does), N requests per target in each window, the targets taken window by window
+in turn and their CPU compared window by window, as for new connections.
+
 A revision is built as `./dev build` builds the checkout (its request path compiled, if it has a
 setup.py); a `--tree` runs as it is.
 """
@@ -40,6 +45,7 @@ from bench.upstream import SMALL_BODY
 ROOT = Path(__file__).resolve().parent.parent
 CONNS = 4  # per target, used in turn: a request never waits for another
 NEW_WORKERS = 4  # clients opening new connections at once
+LOADED_CONNS = 64  # keep-alive tunnels per target for --loaded, as `python -m bench`'s small figure
 
 
 @dataclass
@@ -62,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--block", type=int, default=50, help="requests per turn of a target (default 50)")
     add("--no-nginx", action="store_true", help="leave nginx TLS out")
     add("--new-tunnels", type=int, default=0, metavar="N", help="then CPU per new connection: N per target")
+    add("--loaded", type=int, default=0, metavar="N", help="then CPU per request under load, N a window")
     add(
         "--windows",
         type=int,
@@ -175,10 +182,45 @@ async def _new_connections(targets: list[Target], raw: bytes, rounds: int, windo
     return per_target
 
 
-def _new_table(names: list[str], per_target: list[list[float]], count: int, base: int) -> list[str]:
+async def _loaded(targets: list[Target], raw: bytes, per_window: int, windows: int) -> list[list[float]]:
+    """CPU us per small request of each target's process under load, per window.
+
+    Each target keeps `LOADED_CONNS` tunnels; in each window every target in turn (the order
+    rotating) answers `per_window` requests sent back to back over all of them.
+    """
+    pools = [await open_conns(t, LOADED_CONNS) for t in targets]
+    for conns in pools:  # warm: upstream connections made, lazy paths taken
+        await asyncio.gather(*(c.exchange(raw) for c in conns * 4))
+    per_target: list[list[float]] = [[] for _ in targets]
+    try:
+        for w in range(windows):
+            for j in range(len(targets)):
+                k = (w + j) % len(targets)
+                left = per_window
+
+                async def worker(conn: Conn) -> None:
+                    nonlocal left
+                    while left > 0:
+                        left -= 1
+                        await conn.exchange(raw)
+
+                before = cpu_seconds(targets[k].pid)
+                await asyncio.gather(*(worker(c) for c in pools[k]))
+                per_target[k].append((cpu_seconds(targets[k].pid) - before) * 1e6 / per_window)
+    finally:
+        for conns in pools:
+            for conn in conns:
+                await conn.close()
+    return per_target
+
+
+def _new_table(
+    names: list[str], per_target: list[list[float]], count: int, base: int, what: str = "new connections"
+) -> list[str]:
     """Medians of the windows, and of each window's ratio to the first version's same window."""
+    unit = "CPU per new connection ms" if what == "new connections" else "CPU per request us"
     lines = [
-        f"| target | new connections | CPU per new connection ms | ratio to {names[base]} (min-max) |",
+        f"| target | {what} | {unit} | ratio to {names[base]} (min-max) |",
         "|---|---:|---:|---:|",
     ]
     for name, values in zip(names, per_target, strict=True):
@@ -201,7 +243,9 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
         if not args.no_nginx:
             port = free_port()
             tls = (pki.cert_file, pki.key_file)
-            nginx = start_nginx(work / "nginx-tls", port=port, upstream_port=up_port, connections=64, tls=tls)
+            nginx = start_nginx(
+                work / "nginx-tls", port=port, upstream_port=up_port, connections=256, tls=tls
+            )
             procs.append(nginx)
             ctx = https_context(str(pki.ca_file))
             target = HTTPTarget("nginx-tls", nginx.pid, port, ssl_context=ctx, host=HOST)
@@ -214,7 +258,7 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
                 port=port,
                 admin_port=free_port(),
                 upstream_port=up_port,
-                max_connections=64,
+                max_connections=256,
                 source=source,
                 name=name,
             )
@@ -243,6 +287,14 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
             count = windows * rounds * NEW_WORKERS
             base = len(timed) - len(sources)  # the first mcp-tunnel version
             lines += ["", *_new_table([e.name for e in timed], per_target, count, base)]
+        if args.loaded > 0:
+            timed = entries[1:]
+            windows = max(1, args.windows)
+            per_target = await _loaded([e.target for e in timed], raw, args.loaded, windows)
+            base = len(timed) - len(sources)
+            names = [e.name for e in timed]
+            what = "requests under load"
+            lines += ["", *_new_table(names, per_target, windows * args.loaded, base, what)]
         return lines
     finally:
         for proc in reversed(procs):
