@@ -189,8 +189,13 @@ async def _loaded(targets: list[Target], raw: bytes, per_window: int, windows: i
     rotating) answers `per_window` requests sent back to back over all of them.
     """
     pools = [await open_conns(t, LOADED_CONNS) for t in targets]
-    for conns in pools:  # warm: upstream connections made, lazy paths taken
-        await asyncio.gather(*(c.exchange(raw) for c in conns * 4))
+
+    async def warm(conn: Conn) -> None:  # upstream connections made, lazy paths taken
+        for _ in range(4):
+            await conn.exchange(raw)
+
+    for conns in pools:
+        await asyncio.gather(*(warm(c) for c in conns))
     per_target: list[list[float]] = [[] for _ in targets]
     try:
         for w in range(windows):
