@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from mcp_tunnel.certs.reload import _REASONS as TLS_REASONS
 from mcp_tunnel.errors import (
@@ -19,6 +19,11 @@ from mcp_tunnel.errors import (
 )
 from mcp_tunnel.metrics import (
     HANDSHAKE_REASONS,
+    LATENCY,
+    LATENCY_BUCKETS,
+    LATENCY_HELP,
+    REQUESTS,
+    REQUESTS_HELP,
     Metrics,
     handshake_reason_label,
     refusal_reason,
@@ -109,6 +114,45 @@ def test_route_children_cached_and_removed_routes_dropped() -> None:
     s = parse_metrics(m.render().decode())
     assert not any(dict(labels).get("route") == "docs" for _, labels in s)
     assert sample(s, "mcp_tunnel_requests_total", route="echo", status_class="2xx") == 2
+
+
+def test_request_families_read_as_prometheus_counter_and_histogram_would() -> None:
+    """The per-request families are plain numbers: scraped, they are sample for sample what a
+    prometheus `Counter` and `Histogram` with the same observations expose, `_created` series
+    included (their values aside: each is the moment its series was made)."""
+    m = Metrics(process=False)
+    m.routes_configured(["echo", "docs"])
+    reference = CollectorRegistry()
+    requests = Counter(REQUESTS, REQUESTS_HELP, ["route", "status_class"], registry=reference)
+    latency = Histogram(LATENCY, LATENCY_HELP, ["route"], buckets=LATENCY_BUCKETS, registry=reference)
+    for route in ("-", "echo", "docs"):  # the series made up front: 2xx..5xx, and the histogram
+        for cls in ("2xx", "3xx", "4xx", "5xx"):
+            requests.labels(route, cls)
+        latency.labels(route)
+    # Every bucket bound exactly, just over it, 0, and past the last bound; every status class.
+    seconds = [*LATENCY_BUCKETS, *(b * 1.01 for b in LATENCY_BUCKETS), 0.0, 1000.0]
+    statuses = [101, 200, 204, 301, 404, 502, 600, 99]
+    for i, value in enumerate(seconds):
+        route, status = ("echo", "docs", "-")[i % 3], statuses[i % len(statuses)]
+        m.request_finished(route, status, value)
+        cls = f"{status // 100}xx" if 1 <= status // 100 <= 5 else "other"
+        requests.labels(route, cls).inc()
+        latency.labels(route).observe(value)
+
+    def lines(text: str, name: str) -> list[str]:
+        return sorted(
+            line.rsplit(" ", 1)[0] if "_created" in line else line
+            for line in text.splitlines()
+            if line.startswith((name, f"# HELP {name}", f"# TYPE {name}"))
+        )
+
+    ours, theirs = m.render().decode(), generate_latest(reference).decode()
+    for name in (REQUESTS, LATENCY):
+        assert lines(ours, name) == lines(theirs, name)
+    # per route: the buckets and +Inf, _count, _sum, _created; HELP and TYPE, and again for _created
+    assert len(lines(ours, LATENCY)) == 3 * (len(LATENCY_BUCKETS) + 4) + 4
+    m.routes_configured(["echo"])  # docs removed by a reload: its series go, in both families
+    assert not any('route="docs"' in line for line in m.render().decode().splitlines())
 
 
 def test_mcp_counts_read_as_a_prometheus_counter_would() -> None:
