@@ -45,7 +45,7 @@ from mcp_tunnel.oauth_rewrite import ExchangeRewrite, OAuthRewriter
 from mcp_tunnel.proxy.exchange import Connection, Exchange, Tunnel
 from mcp_tunnel.proxy.flow import MAX_INTERIM, MAX_RESPONSE_HEAD
 from mcp_tunnel.proxy.policy import check_interval
-from mcp_tunnel.proxy.upstream import Connector, UpstreamConnection
+from mcp_tunnel.proxy.upstream import Connector, ResponseSink, UpstreamConnection
 from mcp_tunnel.routing import Route, Router
 
 
@@ -136,7 +136,7 @@ class _Unsolicited(Exception):
     """Raised from a parser callback: the upstream began more than the one response owed."""
 
 
-class ResponseRelay:
+class ResponseRelay(ResponseSink):
     """One upstream response, parsed as its bytes arrive and relayed to the tunnel at once.
 
     httptools calls back into this object from `UpstreamProtocol.data_received`; whatever one

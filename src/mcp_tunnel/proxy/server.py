@@ -7,7 +7,7 @@ import socket
 import ssl
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mcp_tunnel.certs.reload import CertificateWatcher
 from mcp_tunnel.config import Config
@@ -145,6 +145,11 @@ class ProxyServer:
     def _upstream_unsolicited(self, route: str, upstream: str) -> None:
         self.forward_context.upstream_unsolicited(route, upstream)
 
+    def _new_tunnel(self) -> asyncio.BaseProtocol:
+        """The listener's protocol factory: a `TunnelProtocol`, as asyncio's types read it (it is
+        a protocol by its methods, not by base class: see proxy/tunnel.py)."""
+        return cast(asyncio.BaseProtocol, TunnelProtocol(self.tunnel_context))
+
     async def _readiness_page(self) -> str | None:
         return self.readiness()
 
@@ -225,11 +230,11 @@ class ProxyServer:
             # backlog: serving a socket calls listen() again, which would shrink a worker's
             # shared one (bound with 1024 by the supervisor) to the default of 100
             self._server = await self.loop.create_server(
-                lambda: TunnelProtocol(self.tunnel_context), sock=sock, backlog=1024
+                self._new_tunnel, sock=sock, backlog=1024
             )
         else:
             self._server = await self.loop.create_server(
-                lambda: TunnelProtocol(self.tunnel_context),
+                self._new_tunnel,
                 host=cfg.listen_host or None,
                 port=cfg.listen_port,
                 reuse_address=True,

@@ -98,8 +98,13 @@ class TunnelContext:
         self.http = http  # what each tunnel's inner HTTP layer is built with
 
 
-class TunnelProtocol(asyncio.Protocol, Tunnel):
-    """The proxy end of one WebSocket from cloudflared."""
+class TunnelProtocol(Tunnel):
+    """The proxy end of one WebSocket from cloudflared.
+
+    An asyncio protocol by its methods rather than by `asyncio.Protocol` as a base: with a base
+    that is not compiled it would not be a native class, and every call the HTTP and forwarding
+    layers make through `exchange.Tunnel` would be a generic Python call instead of a native one.
+    """
 
     __slots__ = (
         "_deadline_cb",

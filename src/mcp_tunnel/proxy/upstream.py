@@ -17,7 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
+
+from mypy_extensions import trait
 
 from mcp_tunnel.config import UpstreamSettings
 from mcp_tunnel.errors import UpstreamConnectError as UpstreamConnectError
@@ -81,19 +83,25 @@ def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-class ResponseSink(Protocol):
-    """Receives one response's bytes; the forwarder attaches one per exchange."""
+@trait
+class ResponseSink:
+    """Receives one response's bytes; the forwarder attaches one per exchange (a mypyc trait:
+    compiled, each read's `feed` is a native call)."""
 
-    def feed(self, data: bytes) -> None: ...
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_lost(self, exc: Exception | None) -> None:
+        raise NotImplementedError
 
 
-class UpstreamProtocol(asyncio.Protocol):
+class UpstreamProtocol:
     """Moves bytes for one upstream connection, straight into the attached sink.
 
     No stream reader in between: each chunk the upstream sends is parsed and relayed to the
-    tunnel inside this callback, with no task wake-up per chunk.
+    tunnel inside this callback, with no task wake-up per chunk. An asyncio protocol by its
+    methods rather than by `asyncio.Protocol` as a base: a class with a base that is not
+    compiled is not a native class, and every call into it would be a generic one.
     """
 
     def __init__(self) -> None:
@@ -171,9 +179,14 @@ def loop_dial(
     address: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
 ) -> Awaitable[tuple[asyncio.Transport, UpstreamProtocol]]:
     """The default `Dial`: the loop's create_connection itself (no coroutine of our own around it)."""
-    return asyncio.get_running_loop().create_connection(
-        UpstreamProtocol, address, port, ssl=ssl_context, server_hostname=server_hostname
+    return asyncio.get_running_loop().create_connection(  # type: ignore[return-value]
+        _upstream_protocol, address, port, ssl=ssl_context, server_hostname=server_hostname
     )
+
+
+def _upstream_protocol() -> asyncio.BaseProtocol:
+    """A new `UpstreamProtocol`, as asyncio's type for a protocol factory reads it."""
+    return cast(asyncio.BaseProtocol, UpstreamProtocol())
 
 
 @dataclass(eq=False, slots=True)
