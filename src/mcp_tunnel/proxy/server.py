@@ -229,9 +229,7 @@ class ProxyServer:
         if sock is not None:
             # backlog: serving a socket calls listen() again, which would shrink a worker's
             # shared one (bound with 1024 by the supervisor) to the default of 100
-            self._server = await self.loop.create_server(
-                self._new_tunnel, sock=sock, backlog=1024
-            )
+            self._server = await self.loop.create_server(self._new_tunnel, sock=sock, backlog=1024)
         else:
             self._server = await self.loop.create_server(
                 self._new_tunnel,
