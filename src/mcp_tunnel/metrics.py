@@ -35,7 +35,6 @@ from mcp_tunnel.errors import (
 )
 
 NO_ROUTE = "-"
-_CounterChild = Counter  # what `Counter.labels(...)` returns
 
 # --- pure label policy ------------------------------------------------------------------------
 
