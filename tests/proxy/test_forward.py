@@ -1,4 +1,4 @@
-"""Exchanges begun without a task (`Forwarder._begin`): a request on a warm pooled connection is
+"""Exchanges begun without a task (`Forwarder.begin`): a request on a warm pooled connection is
 written upstream once the tunnel's read is parsed and answered from the upstream's callbacks.
 Each test warms the pool first, so the request under test takes that path, and checks it ends
 as the task-run path ends: retried, cut, timed out, kept in order. The last one needs no pool:

@@ -59,8 +59,10 @@ class InnerHTTP(Connection):
     """Parses inner requests and runs their exchanges in order."""
 
     __slots__ = (
+        "_begin_now",
         "_body_timed",
         "_eof_held",
+        "_feeding",
         "_head_begun_now",
         "_head_fed",
         "_header_bytes",
@@ -105,6 +107,8 @@ class InnerHTTP(Connection):
         self._head_fed = 0
         self._head_begun_now = False
         self._eof_held = False  # the peer's close_notify came behind `_held`
+        self._feeding = False  # inside `feed`: an exchange handed over may wait for its end
+        self._begin_now: Exchange | None = None  # begun once this read is parsed (see `feed`)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -112,6 +116,28 @@ class InnerHTTP(Connection):
         self._arm_idle()
 
     def feed(self, data: bytes) -> None:
+        """Parse plaintext of the tunnel's current read; the tunnel calls `read_done` after it."""
+        self._feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self._feeding = False
+
+    def read_done(self) -> None:
+        """The tunnel's read is wholly handled: an exchange it completed on a quiet proxy begins.
+
+        On a quiet proxy (no other exchange waiting for its upstream) the exchange is written
+        upstream as soon as the read is handled, by then its body is whole if it came in the
+        same read, and a close or error later in that read has already cut it; otherwise it
+        waits in the loop's ready queue (`Forwarder.start`), so that under load the reads of
+        all ready tunnels are parsed before the upstream writes begin.
+        """
+        ex = self._begin_now
+        if ex is not None:
+            self._begin_now = None
+            self.ctx.forwarder.begin(self.tunnel, self, ex)
+
+    def _feed(self, data: bytes) -> None:
         if self.peer_done:
             return
         if self._held:  # more of the same read: it goes behind what waits
@@ -134,6 +160,7 @@ class InnerHTTP(Connection):
         """Parse what waited for the queue of requests to shrink; read again once it is gone."""
         data, self._held = self._held, b""
         self.feed(data)
+        self.read_done()
         if not self._held:
             self.tunnel.resume_reading(READ_PIPELINE)
             if self._eof_held:
@@ -278,7 +305,11 @@ class InnerHTTP(Connection):
         """Give a judged exchange to the forwarder once it is its turn (see `exchange_done`)."""
         if self.exchanges and self.exchanges[0] is ex and not ex.handed:
             ex.handed = True
-            self.ctx.forwarder.start(self.tunnel, self, ex)
+            forwarder = self.ctx.forwarder
+            if self._feeding and forwarder.quiet():
+                self._begin_now = ex  # once the tunnel's read is handled (`read_done`)
+            else:
+                forwarder.start(self.tunnel, self, ex)
 
     def _fail_body(self, ex: Exchange, error: ProxyError) -> None:
         """A body that cannot be forwarded whole: its exchange is answered `error` (or cut, once

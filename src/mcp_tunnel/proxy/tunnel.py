@@ -258,6 +258,7 @@ class TunnelProtocol(Tunnel):
             http = self.http
             if http is not None:
                 http.feed(plaintext)
+                http.read_done()
         self._write(session.data_to_send())  # what this read made the session say, in one write
         if session.state == CLOSED:
             self._close_transport()
@@ -376,6 +377,7 @@ class TunnelProtocol(Tunnel):
             elif isinstance(event, FrameRefused):
                 log.info("websocket protocol error, closing", peer=peer, error=event.reason)
                 http.abort("websocket protocol error")
+        http.read_done()
         self._session_moved(session)
         # The client's Finished came with its first request: the session ticket waits for the
         # answer (or a close) and goes out in the same write, one fewer per tunnel.
