@@ -125,3 +125,18 @@ def test_workers_saturation_figure_runs_every_target(tmp_path: Path) -> None:
     for row in rows:
         assert row["requests"] > 0 and row["cpu_s"] > 0, row
     assert proc.stdout.count("\n| ") == 1 + 4  # the table: its header and a line per target
+
+
+def test_tls_memory_holds_handshaken_sessions_and_reports_their_size() -> None:
+    """`python -m bench.tls_memory` with a few sessions: one line, a positive size per session."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tls_memory", "--sessions", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert "KiB per server TLS session after its handshake (300 held, 50 warm)" in line
+    assert float(line.split(": ")[1].split(" KiB")[0]) > 0
