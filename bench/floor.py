@@ -6,13 +6,16 @@ connection per tunnel and answers back, and nothing more. What mcp-tunnel costs 
 what its features cost (validation, routing, logging, metrics, deadlines, flow control,
 pooling); what the floor costs above nginx TLS is what Python and these parts cost.
 
+The floor twice: `floor` opens an upstream connection per tunnel, `floor-pooled` takes one from
+a free list at a tunnel's first request, as the product and nginx reuse theirs (the new-tunnel
+and idle figures; under load, on keep-alive tunnels, the two are the same and only `floor` runs).
 Three figures, the targets measured side by side in windows taken in turn as `bench.ab` takes
 them: CPU per small request under load (64 keep-alive tunnels, as `bench.ab --loaded`), CPU
 per new connection and one request (as `bench.ab --new-tunnels`), and RSS per idle tunnel (as
 `python -m bench`'s idle figure: 16 warm, then N held, the VmRSS growth over N; fresh
 processes, one measurement each). Timings only; nothing asserts.
 
-    python -m bench.floor --loaded 20000 --new-tunnels 4800 --windows 10 --idle 2000
+    python -m bench.floor --loaded 25000 --new-tunnels 4800 --windows 10 --idle 2000
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from bench.phases import Settings, idle
 from bench.servers import HOST, PKI, Process, free_port, make_pki, start_proxy, start_upstream, wait_listening
 from bench.upstream import SMALL_BODY
 
-NAMES = ("nginx-tls", "mcp-tunnel", "floor")  # nginx-tls first: the ratios are to it
+NAMES = ("nginx-tls", "mcp-tunnel", "floor", "floor-pooled")  # nginx-tls first: the ratios are to it
+LOADED = 3  # under load, on keep-alive tunnels, the pooled floor is the floor: left out
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     add = p.add_argument
-    add("--loaded", type=int, default=20000, metavar="N", help="requests per target a window (default 20000)")
+    add("--loaded", type=int, default=25000, metavar="N", help="requests per target a window (default 25000)")
     add(
         "--new-tunnels", type=int, default=4800, metavar="N", help="new connections per target (default 4800)"
     )
@@ -50,12 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_floor(directory: Path, pki: PKI, *, port: int, upstream_port: int) -> Process:
+def start_floor(directory: Path, pki: PKI, *, port: int, upstream_port: int, pooled: bool = False) -> Process:
     """`python -m bench.floor_proxy`, with this interpreter and the environment's PYTHONPATH
     (so it imports the same `mcp_tunnel` as the proxy started beside it)."""
     directory.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bench.floor_proxy", str(port), str(upstream_port)]
-    proc = Process([*argv, str(pki.cert_file), str(pki.key_file)], directory / "floor.log", name="floor")
+    argv += [str(pki.cert_file), str(pki.key_file), *(["pooled"] if pooled else [])]
+    proc = Process(argv, directory / "floor.log", name="floor-pooled" if pooled else "floor")
     wait_listening(proc, port)
     return proc
 
@@ -83,6 +88,9 @@ def start_targets(work: Path, pki: PKI, up_port: int, max_conns: int) -> tuple[l
             )
         )
         procs.append(start_floor(work / "floor", pki, port=ports[2], upstream_port=up_port))
+        procs.append(
+            start_floor(work / "floor-pooled", pki, port=ports[3], upstream_port=up_port, pooled=True)
+        )
     except BaseException:
         for proc in procs:
             proc.stop()
@@ -92,13 +100,14 @@ def start_targets(work: Path, pki: PKI, up_port: int, max_conns: int) -> tuple[l
         HTTPTarget("nginx-tls", procs[0].pid, ports[0], ssl_context=https_context(ca), host=HOST),
         TunnelTarget("mcp-tunnel", procs[1].pid, ports[1], ca_file=ca, host=HOST, admin_port=admin),
         TunnelTarget("floor", procs[2].pid, ports[2], ca_file=ca, host=HOST),
+        TunnelTarget("floor-pooled", procs[3].pid, ports[3], ca_file=ca, host=HOST),
     ]
     return procs, targets
 
 
-def _share(per_target: list[list[float]], unit: str, fmt: Callable[[float], str]) -> str:
-    """mcp-tunnel minus the floor, window by window: the median and its share of mcp-tunnel."""
-    ours, floor = per_target[1], per_target[2]
+def _share(per_target: list[list[float]], k: int, unit: str, fmt: Callable[[float], str]) -> str:
+    """mcp-tunnel minus target `k` (a floor), window by window: the median and its share of mcp-tunnel."""
+    ours, floor = per_target[1], per_target[k]
     diffs = [a - b for a, b in zip(ours, floor, strict=True)]
     shares = [(a - b) / a for a, b in zip(ours, floor, strict=True) if a > 0]
     share = f", {statistics.median(shares):.0%} of mcp-tunnel" if shares else ""
@@ -130,10 +139,11 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
             names = list(NAMES)
             if args.loaded > 0:
                 t0 = time.monotonic()
-                per_target = await _loaded(targets, raw, args.loaded, windows)
+                per_target = await _loaded(targets[:LOADED], raw, args.loaded, windows)
                 what = "requests under load"
-                lines += _new_table(names, per_target, windows * args.loaded, 0, what)
-                lines += ["", "mcp-tunnel - floor per request: " + _share(per_target, "us", "{:.1f}".format)]
+                lines += _new_table(names[:LOADED], per_target, windows * args.loaded, 0, what)
+                share = _share(per_target, 2, "us", "{:.1f}".format)
+                lines += ["", "mcp-tunnel - floor per request: " + share]
                 print(f"loaded: {time.monotonic() - t0:.0f} s", flush=True)
             if args.new_tunnels > 0:
                 t0 = time.monotonic()
@@ -141,8 +151,10 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
                 per_target = await _new_connections(targets, raw, rounds, windows)
                 count = windows * rounds * NEW_WORKERS
                 lines += ["", *_new_table(names, per_target, count, 0)]
-                share = _share(per_target, "ms", "{:.3f}".format)
-                lines += ["", "mcp-tunnel - floor per new connection: " + share]
+                lines.append("")
+                for k in (2, 3):
+                    share = _share(per_target, k, "ms", "{:.3f}".format)
+                    lines.append(f"mcp-tunnel - {names[k]} per new connection: {share}")
                 print(f"new tunnels: {time.monotonic() - t0:.0f} s", flush=True)
         finally:
             for proc in reversed(procs):
@@ -161,6 +173,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
                 *_idle_table(kib),
                 "",
                 f"mcp-tunnel - floor per idle tunnel: {kib[1] - kib[2]:.1f} KiB",
+                f"mcp-tunnel - floor-pooled per idle tunnel: {kib[1] - kib[3]:.1f} KiB",
             ]
             print(f"idle: {time.monotonic() - t0:.0f} s", flush=True)
     finally:

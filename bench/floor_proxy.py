@@ -1,4 +1,6 @@
-"""The floor proxy: mcp-tunnel's parts and nothing else, `python -m bench.floor_proxy PORT UPSTREAM CERT KEY`.
+"""The floor proxy: mcp-tunnel's parts and nothing else.
+
+    python -m bench.floor_proxy PORT UPSTREAM_PORT CERT_FILE KEY_FILE [pooled]
 
 What a tunnel proxy built from the product's own pieces costs when it does only the work every
 request needs: uvloop, one asyncio protocol per tunnel, the upgrade parsed and answered with
@@ -8,6 +10,10 @@ delimited with httptools and written as they came to one upstream connection per
 with the tunnel), the upstream's answers delimited with httptools and passed back as they came.
 No validation, routing, logging, metrics, deadlines, flow control, pooling or address checks:
 `bench.floor` measures it beside the product and nginx, so the product's features have a price.
+
+With `pooled` (the `floor-pooled` target) a tunnel takes an upstream connection at its first
+request from a free list and gives it back when it ends, as the product's pool and nginx's
+`keepalive` do: the new-tunnel and idle figures then leave out an upstream connect per tunnel.
 """
 
 from __future__ import annotations
@@ -38,26 +44,36 @@ from mcp_tunnel.ws_handshake import UpgradeParser, UpgradeRefused, accept, check
 
 
 class Upstream:
-    """The tunnel's one upstream connection: responses delimited, their bytes sent back as they came."""
+    """The tunnel's one upstream connection: responses delimited, their bytes sent back as they came.
 
-    __slots__ = ("parser", "tunnel")
+    `tunnel` is None while it waits in the pool (`pooled` mode only).
+    """
+
+    __slots__ = ("parser", "transport", "tunnel")
 
     def __init__(self, tunnel: FloorTunnel) -> None:
-        self.tunnel = tunnel
+        self.tunnel: FloorTunnel | None = tunnel
+        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.tunnel.upstream_made(cast(asyncio.Transport, transport))
+        self.transport = t = cast(asyncio.Transport, transport)
+        if self.tunnel is not None:
+            self.tunnel.upstream_made(self)
+        else:  # its tunnel ended while it was connecting
+            t.close()
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
-        self.tunnel.send_plain(data)
+        if self.tunnel is not None:
+            self.tunnel.send_plain(data)
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.tunnel.upstream_lost()
+        if self.tunnel is not None:
+            self.tunnel.upstream_lost()
 
     def pause_writing(self) -> None:
         pass
@@ -66,7 +82,8 @@ class Upstream:
         pass
 
     def on_message_complete(self) -> None:
-        self.tunnel.answered()
+        if self.tunnel is not None:
+            self.tunnel.answered()
 
 
 class FloorTunnel:
@@ -76,6 +93,7 @@ class FloorTunnel:
         "closing",
         "head",
         "in_flight",
+        "link",
         "parser",
         "peer_done",
         "pending",
@@ -92,6 +110,7 @@ class FloorTunnel:
         self.session: TunnelSession | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.upstream: asyncio.Transport | None = None
+        self.link: Upstream | None = None  # the protocol of `upstream`, or one being connected
         self.pending: list[bytes] = []  # request bytes that came before the upstream connection
         self.in_flight = 0
         self.peer_done = False  # the client's close_notify came
@@ -170,7 +189,8 @@ class FloorTunnel:
         transport.write(response)
         tls = TLSSession(self.server.tls_context, server_side=True)
         self.session = TunnelSession(tls, server_side=True, max_message=MAX_MESSAGE)
-        self.server.open_upstream(self)
+        if not self.server.pooled:
+            self.server.open_upstream(self)
         if rest:
             self.data_received(rest)
 
@@ -181,15 +201,20 @@ class FloorTunnel:
         upstream = self.upstream
         if upstream is not None:
             upstream.write(data)
-        else:
-            self.pending.append(data)
+            return
+        self.pending.append(data)
+        if self.link is None and self.server.pooled:  # pooled: the first request takes one
+            self.server.take_upstream(self)
 
     def on_message_complete(self) -> None:  # httptools: a whole request went by
         self.in_flight += 1
 
-    def upstream_made(self, transport: asyncio.Transport) -> None:
+    def upstream_made(self, link: Upstream) -> None:
+        transport = link.transport
+        assert transport is not None
+        self.link = link
         if self.closing:
-            transport.close()
+            self._drop_upstream()
             return
         self.upstream = transport
         if self.pending:
@@ -197,7 +222,7 @@ class FloorTunnel:
             self.pending.clear()
 
     def upstream_lost(self) -> None:
-        self.upstream = None
+        self.upstream = self.link = None
         session = self.session
         if session is not None and not self.closing and session.state != CLOSED:
             session.close_abruptly()
@@ -221,20 +246,25 @@ class FloorTunnel:
             transport.write(data)
 
     def _drop_upstream(self) -> None:
+        """The tunnel is over: its upstream connection is closed, or (pooled) goes back to the pool."""
         self.closing = True
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.close()
+        link, self.link, self.upstream = self.link, None, None
+        if link is not None:
+            self.server.release(link, idle=not self.in_flight)
 
 
 class FloorServer:
     """The listener's shared parts: the TLS context and where the upstream is."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, cert_file: str, key_file: str, upstream_port: int):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, cert_file: str, key_file: str, upstream_port: int, pooled: bool
+    ) -> None:
         self.loop = loop
         self.tls_context = make_server_context(cert_file, key_file)
         self.tls_context.sni_callback = remember_sni  # as the product sets it (server.py)
         self.upstream_port = upstream_port
+        self.pooled = pooled
+        self.pool: list[Upstream] = []  # idle upstream connections (pooled mode)
         self.connecting: set[asyncio.Task[object]] = set()
 
     def new_tunnel(self) -> asyncio.BaseProtocol:
@@ -243,12 +273,35 @@ class FloorServer:
         return cast(asyncio.BaseProtocol, FloorTunnel(self))
 
     def open_upstream(self, tunnel: FloorTunnel) -> None:
+        tunnel.link = link = Upstream(tunnel)  # connecting: `upstream` is set once connected
         coro = self.loop.create_connection(
-            lambda: cast(asyncio.BaseProtocol, Upstream(tunnel)), "127.0.0.1", self.upstream_port
+            lambda: cast(asyncio.BaseProtocol, link), "127.0.0.1", self.upstream_port
         )
         task: asyncio.Task[object] = self.loop.create_task(coro)
         self.connecting.add(task)
         task.add_done_callback(self._connected)
+
+    def take_upstream(self, tunnel: FloorTunnel) -> None:
+        """Pooled mode: an idle upstream connection for `tunnel`, or a new one."""
+        pool = self.pool
+        while pool:
+            link = pool.pop()
+            if link.transport is not None and not link.transport.is_closing():
+                link.tunnel = tunnel
+                tunnel.upstream_made(link)
+                return
+        self.open_upstream(tunnel)
+
+    def release(self, link: Upstream, *, idle: bool) -> None:
+        """A tunnel's upstream connection after the tunnel: pooled if it is idle and pooling is on."""
+        link.tunnel = None
+        transport = link.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.pooled and idle:
+            self.pool.append(link)
+        else:
+            transport.close()
 
     def _connected(self, task: asyncio.Task[object]) -> None:
         self.connecting.discard(task)
@@ -256,10 +309,10 @@ class FloorServer:
             print(f"upstream connection failed: {task.exception()!r}", file=sys.stderr, flush=True)
 
 
-async def serve(port: int, upstream_port: int, cert_file: str, key_file: str) -> None:
+async def serve(port: int, upstream_port: int, cert_file: str, key_file: str, pooled: bool) -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # the product's setting (run.py)
     loop = asyncio.get_running_loop()
-    floor = FloorServer(loop, cert_file, key_file, upstream_port)
+    floor = FloorServer(loop, cert_file, key_file, upstream_port, pooled)
     # Before listening: once the port accepts, bench.floor finds this line in the log.
     print(f"tunnel_session: {mcp_tunnel.tunnel_session.__file__}", flush=True)
     server = await loop.create_server(floor.new_tunnel, "127.0.0.1", port, reuse_address=True, backlog=1024)
@@ -270,8 +323,9 @@ async def serve(port: int, upstream_port: int, cert_file: str, key_file: str) ->
 
 def main() -> None:
     port, upstream_port, cert_file, key_file = sys.argv[1:5]
+    pooled = sys.argv[5:] == ["pooled"]
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(int(port), int(upstream_port), cert_file, key_file))
+        runner.run(serve(int(port), int(upstream_port), cert_file, key_file, pooled))
 
 
 if __name__ == "__main__":
