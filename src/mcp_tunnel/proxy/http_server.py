@@ -387,7 +387,12 @@ class InnerHTTP(Connection):
             self.tunnel.close_gracefully()
         elif not exchanges:
             if self.current is None:
-                self.parser = None  # between requests, nothing half-parsed: see __init__
+                # Between requests nothing is half-parsed: the parser goes (see __init__), and
+                # so do the last request's target and headers, which an idle tunnel would
+                # otherwise hold until its next request.
+                self.parser = None
+                self._url = b""
+                self._headers = []
             self._arm_idle()
             self.ctx.exchange_idle(self.tunnel)
         elif self.current is self.exchanges[0] and self.exchanges[0].head is None:

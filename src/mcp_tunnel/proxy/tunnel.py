@@ -146,7 +146,9 @@ class TunnelProtocol(Tunnel):
         self._paused_writing = False
         self._read_paused = 0  # READ_* bits
         self.stalled_since = 0.0  # loop time the peer stopped taking what we send; 0: it takes it
-        self._on_writable: list[Callable[[], object]] = []
+        # What waits for the peer to take our backlog; made only then (an empty list on every
+        # idle tunnel is 56 bytes for nothing).
+        self._on_writable: list[Callable[[], object]] | None = None
         # One deadline per connection (handshake, header read, idle, close), checked by the
         # server's periodic sweep: re-arming it per request is one float store, not a timer.
         self.deadline = 0.0
@@ -203,9 +205,10 @@ class TunnelProtocol(Tunnel):
         self._paused_writing = False
         self.stalled_since = 0.0
         self.resume_reading(READ_BACKLOG)
-        callbacks, self._on_writable = self._on_writable, []
-        for callback in callbacks:
-            callback()
+        callbacks, self._on_writable = self._on_writable, None
+        if callbacks is not None:
+            for callback in callbacks:
+                callback()
 
     def pause_reading(self, reason: int) -> None:
         """Stop reading from the peer for `reason` (a `flow.READ_*` bit) until `resume_reading`."""
@@ -239,7 +242,10 @@ class TunnelProtocol(Tunnel):
     def when_writable(self, callback: Callable[[], object]) -> None:
         """Run `callback` once the peer has taken enough of what we sent (now, if it has)."""
         if self._paused_writing:
-            self._on_writable.append(callback)
+            if self._on_writable is None:
+                self._on_writable = [callback]
+            else:
+                self._on_writable.append(callback)
         else:
             callback()
 
@@ -355,7 +361,8 @@ class TunnelProtocol(Tunnel):
                 self.cancel_timer()
                 self._handshake_over = True
                 self.sni = sni = event.sni
-                self.sni_host = normalize_host(sni) if sni else None
+                host = normalize_host(sni) if sni else None
+                self.sni_host = sni if host == sni else host  # one string kept, not two alike
                 self.ctx.handshake_succeeded(self)
                 http.start()
                 hold = True
