@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ from bench.nginx import nginx_binary, start_nginx
 from bench.phases import Settings, idle
 from bench.servers import HOST, PKI, Process, free_port, make_pki, start_proxy, start_upstream, wait_listening
 from bench.upstream import SMALL_BODY
+from mcp_tunnel import __file__ as _product_init
 
 NAMES = ("nginx-tls", "mcp-tunnel", "floor", "floor-pooled")  # nginx-tls first: the ratios are to it
 LOADED = 3  # under load, on keep-alive tunnels, the pooled floor is the floor: left out
@@ -51,21 +54,64 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--windows", type=int, default=10, help="windows of each timed figure (default 10)")
     add("--idle", type=int, default=2000, metavar="N", help="tunnels held for the RSS figure (default 2000)")
+    add("--python-floor", action="store_true", help="run the floor's own glue as Python, not compiled")
     return p
 
 
-def start_floor(directory: Path, pki: PKI, *, port: int, upstream_port: int, pooled: bool = False) -> Process:
-    """`python -m bench.floor_proxy`, with this interpreter and the environment's PYTHONPATH
-    (so it imports the same `mcp_tunnel` as the proxy started beside it)."""
+def compile_floor(work: Path) -> Path | None:
+    """`bench/floor_proxy.py` compiled with mypyc in `work`, as the product's request path is
+    compiled: a floor whose own glue ran as Python would stand higher than the stack's.
+
+    Returns the directory holding the extension, or None (the reason on stderr) when mypyc
+    cannot build it, and the floor then runs as Python.
+    """
+    out = work / "floor-native"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).with_name("floor_proxy.py"), out / "floor_proxy.py")
+    # mypyc type-checks the module against the product it imports, this run's mcp_tunnel.
+    env = {**os.environ, "MYPYPATH": str(Path(_product_init).parent.parent)}
+    argv = [sys.executable, "-m", "mypyc", "floor_proxy.py"]
+    try:
+        proc = subprocess.run(argv, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"floor: mypyc did not run ({exc}); the floor runs as Python", file=sys.stderr)
+        return None
+    if proc.returncode != 0 or not list(out.glob("floor_proxy.*.so")):
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+        print(f"floor: mypyc failed; the floor runs as Python:\n{tail}", file=sys.stderr)
+        return None
+    (out / "floor_proxy.py").unlink()  # only the extension is left to import
+    return out
+
+
+def start_floor(
+    directory: Path,
+    pki: PKI,
+    *,
+    port: int,
+    upstream_port: int,
+    pooled: bool = False,
+    native: Path | None = None,
+) -> Process:
+    """The floor proxy, with this interpreter and the environment's PYTHONPATH (so it imports
+    the same `mcp_tunnel` as the proxy started beside it): `python -m bench.floor_proxy`, or
+    the extension `compile_floor` built in `native`."""
     directory.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "bench.floor_proxy", str(port), str(upstream_port)]
+    if native is None:
+        argv = [sys.executable, "-m", "bench.floor_proxy"]
+    else:
+        launch = "import sys; sys.path.insert(0, sys.argv.pop(1)); import floor_proxy; floor_proxy.main()"
+        argv = [sys.executable, "-c", launch, str(native)]
+    argv += [str(port), str(upstream_port)]
     argv += [str(pki.cert_file), str(pki.key_file), *(["pooled"] if pooled else [])]
     proc = Process(argv, directory / "floor.log", name="floor-pooled" if pooled else "floor")
     wait_listening(proc, port)
     return proc
 
 
-def start_targets(work: Path, pki: PKI, up_port: int, max_conns: int) -> tuple[list[Process], list[Target]]:
+def start_targets(
+    work: Path, pki: PKI, up_port: int, max_conns: int, native: Path | None
+) -> tuple[list[Process], list[Target]]:
     """nginx-tls, mcp-tunnel (info logs, metrics on, as a user runs it) and the floor, fresh."""
     procs: list[Process] = []
     try:
@@ -87,9 +133,11 @@ def start_targets(work: Path, pki: PKI, up_port: int, max_conns: int) -> tuple[l
                 max_connections=max_conns,
             )
         )
-        procs.append(start_floor(work / "floor", pki, port=ports[2], upstream_port=up_port))
+        procs.append(start_floor(work / "floor", pki, port=ports[2], upstream_port=up_port, native=native))
         procs.append(
-            start_floor(work / "floor-pooled", pki, port=ports[3], upstream_port=up_port, pooled=True)
+            start_floor(
+                work / "floor-pooled", pki, port=ports[3], upstream_port=up_port, pooled=True, native=native
+            )
         )
     except BaseException:
         for proc in procs:
@@ -128,13 +176,15 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
     max_conns = max(1024, args.idle + 256)
     windows = max(1, args.windows)
     lines: list[str] = []
+    native = None if args.python_floor else compile_floor(work)
     up_port = free_port()
     upstream = start_upstream(work / "upstream", up_port)
     try:
-        procs, targets = start_targets(work / "timed", pki, up_port, max_conns)
+        procs, targets = start_targets(work / "timed", pki, up_port, max_conns, native)
         print("servers: " + ", ".join(f"{t.name} pid {t.pid}" for t in targets), flush=True)
-        runs = [line for line in procs[2].tail().splitlines() if line.startswith("tunnel_session:")]
-        print(f"floor {''.join(runs)}", flush=True)  # the compiled module's file, or the .py
+        log = procs[2].tail().splitlines()
+        runs = [line for line in log if line.startswith(("tunnel_session:", "floor:"))]
+        print("floor " + "; ".join(runs), flush=True)  # the compiled modules' files, or the .py
         try:
             names = list(NAMES)
             if args.loaded > 0:
@@ -161,7 +211,7 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
                 proc.stop()
         if args.idle > 0:
             t0 = time.monotonic()
-            procs, targets = start_targets(work / "idle", pki, up_port, max_conns)
+            procs, targets = start_targets(work / "idle", pki, up_port, max_conns, native)
             try:
                 settings = Settings(idle_tunnels=args.idle)
                 kib = [float((await idle(t, settings))["value"]) for t in targets]

@@ -314,6 +314,7 @@ async def serve(port: int, upstream_port: int, cert_file: str, key_file: str, po
     loop = asyncio.get_running_loop()
     floor = FloorServer(loop, cert_file, key_file, upstream_port, pooled)
     # Before listening: once the port accepts, bench.floor finds this line in the log.
+    print(f"floor: {__file__}", flush=True)  # the extension mypyc built, or the .py
     print(f"tunnel_session: {mcp_tunnel.tunnel_session.__file__}", flush=True)
     server = await loop.create_server(floor.new_tunnel, "127.0.0.1", port, reuse_address=True, backlog=1024)
     print(f"floor proxy listening on 127.0.0.1:{port}, loop {type(loop).__module__}", flush=True)
