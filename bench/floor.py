@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.ab import NEW_WORKERS, _loaded, _new_connections, _new_table
+from bench.ab import CONNS, NEW_WORKERS, Entry, _loaded, _new_connections, _new_table, _table, _turn
 from bench.cli import raise_nofile
 from bench.clients import HTTPTarget, Target, TunnelTarget, https_context, request_bytes
 from bench.nginx import nginx_binary, start_nginx
-from bench.phases import Settings, idle
+from bench.phases import Settings, idle, open_conns, sse
 from bench.servers import HOST, PKI, Process, free_port, make_pki, start_proxy, start_upstream, wait_listening
 from bench.upstream import SMALL_BODY
 from mcp_tunnel import __file__ as _product_init
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--windows", type=int, default=10, help="windows of each timed figure (default 10)")
     add("--idle", type=int, default=2000, metavar="N", help="tunnels held for the RSS figure (default 2000)")
+    add("--seconds", type=float, default=40, help="latency at 100 req/s, in turns (default 40)")
+    add("--sse-rounds", type=int, default=3, help="SSE streams per target, in turns (default 3)")
+    add("--sse-events", type=int, default=200, help="events 10 ms apart in each stream (default 200)")
     add("--python-floor", action="store_true", help="run the floor's own glue as Python, not compiled")
     return p
 
@@ -170,6 +173,50 @@ def _idle_table(values: list[float]) -> list[str]:
     return lines
 
 
+async def _latencies(
+    targets: list[Target], direct: Target, raw: bytes, args: argparse.Namespace
+) -> list[str]:
+    """Latency at 100 req/s (`bench.ab`'s turns) and SSE event delay, over direct's, per target.
+
+    The latency goals of issue #24 are not about CPU: a floor that met them would say the
+    product's features are what misses them.
+    """
+    entries = [Entry(t.name, t) for t in [direct, *targets]]
+    for e in entries:  # warm: connections open, pools and lazy imports filled
+        e.conns = await open_conns(e.target, CONNS)
+        for conn in e.conns * 20:
+            await conn.exchange(raw)
+    deadline = time.monotonic() + args.seconds
+    turn = 0
+    while time.monotonic() < deadline or turn < len(entries):
+        await _turn(entries[turn % len(entries)], raw, 50, 0.01)
+        turn += 1
+    for e in entries:
+        for conn in e.conns:
+            await conn.close()
+    lines = _table(entries)
+    if args.sse_rounds > 0:
+        settings = Settings(sse_events=args.sse_events)
+        medians: list[list[float]] = [[] for _ in entries]
+        for r in range(args.sse_rounds):  # the order rotates from round to round
+            for k in [(r + i) % len(entries) for i in range(len(entries))]:
+                result = await sse(entries[k].target, settings, direct.pid)
+                medians[k].append(float(result["value"]))
+        base = statistics.median(medians[0])
+        lines += [
+            "",
+            "| target | SSE event delay, median ms | added over direct | added / nginx-tls's added |",
+        ]
+        lines.append("|---|---:|---:|---:|")
+        nginx_added = statistics.median(medians[1]) - base
+        for e, values in zip(entries, medians, strict=True):
+            value = statistics.median(values)
+            added = "" if e is entries[0] else f"+{value - base:.3f}"
+            ratio = f"{(value - base) / nginx_added:.2f}" if e is not entries[0] and nginx_added > 0 else ""
+            lines.append(f"| {e.name} | {value:.3f} | {added} | {ratio} |")
+    return lines
+
+
 async def run(args: argparse.Namespace, work: Path) -> list[str]:
     pki = make_pki(work / "pki")
     raw = request_bytes("POST", "/small", HOST, SMALL_BODY)
@@ -206,6 +253,11 @@ async def run(args: argparse.Namespace, work: Path) -> list[str]:
                     share = _share(per_target, k, "ms", "{:.3f}".format)
                     lines.append(f"mcp-tunnel - {names[k]} per new connection: {share}")
                 print(f"new tunnels: {time.monotonic() - t0:.0f} s", flush=True)
+            if args.seconds > 0:
+                t0 = time.monotonic()
+                direct = HTTPTarget("direct", upstream.pid, up_port)
+                lines += ["", *await _latencies(targets[:LOADED], direct, raw, args)]
+                print(f"latency and SSE: {time.monotonic() - t0:.0f} s", flush=True)
         finally:
             for proc in reversed(procs):
                 proc.stop()

@@ -87,7 +87,7 @@ def test_floor_run_prints_every_table() -> None:
     """`python -m bench.floor` with tiny counts: a row per target in each table, and the shares."""
     argv = [sys.executable, "-m", "bench.floor", "--loaded", "40", "--new-tunnels", "8", "--windows", "2"]
     proc = subprocess.run(
-        [*argv, "--idle", "8"],
+        [*argv, "--idle", "8", "--seconds", "0.2", "--sse-rounds", "1", "--sse-events", "5"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": PATHS},
         capture_output=True,
@@ -96,7 +96,12 @@ def test_floor_run_prints_every_table() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tables = [block for block in proc.stdout.split("\n\n") if block.startswith("| target |")]
-    assert len(tables) == 3, proc.stdout
+    assert len(tables) == 5, proc.stdout
+    latency, events = tables.pop(2), tables.pop(2)  # between the timed tables and idle's
+    for table in (latency, events):
+        rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines()[2:]]
+        assert rows == ["direct", "nginx-tls", "mcp-tunnel", "floor"], table
+    assert all("| +" in line for line in events.splitlines()[3:]), events  # added over direct
     for table in tables:
         rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines()[2:]]
         pooled = ["floor-pooled"] if table is not tables[0] else []  # under load, the floor alone
