@@ -38,9 +38,9 @@ FLUSH_MAX_WAITS = 4
 
 # Values made only of these characters are written bare; anything else (spaces, quotes, '=',
 # control or non-ASCII characters) is JSON-quoted so that a line always splits the same way.
-_BARE = re.compile(r"[A-Za-z0-9\-._:/@\[\]%+,]+").fullmatch
+_BARE: Final = re.compile(r"[A-Za-z0-9\-._:/@\[\]%+,]+").fullmatch
 # Printable ASCII without '"' and '\\': exactly the strings json.dumps only wraps in quotes.
-_QUOTE_ONLY = re.compile(r"[ !#-\[\]-~]*").fullmatch
+_QUOTE_ONLY: Final = re.compile(r"[ !#-\[\]-~]*").fullmatch
 
 
 def _logfmt_value(value: object) -> str:
