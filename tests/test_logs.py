@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
+import random
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -228,3 +231,37 @@ def test_a_worker_tags_every_kind_of_line(fmt: str) -> None:
     log.info("plain again")
     log.flush()
     assert "worker" not in out.getvalue().splitlines()[-1]
+
+
+def _durations() -> list[float]:
+    """Durations in seconds as a request's come (sub-ms to minutes), exact halves of a
+    thousandth of a millisecond and their neighbours (where `round` decides the tie), edges."""
+    rng = random.Random(24)
+    scales = (1e-6, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 100.0, 1e4)
+    found = [rng.random() * scale for scale in scales for _ in range(5000)]
+    for k in range(0, 40000, 7):
+        for off in (0.0, 1e-12, -1e-12, 4e-10, -4e-10):
+            found += [(k + 0.5) / 1e6 + off, k / 1e6 + off]
+    return [*found, 0.0, -0.0, 1e4, 9999.9999995, 1e-12, 5e-7, 0.0000625, -1.0, math.inf]
+
+
+def test_millis_is_round_to_three_decimals_bit_for_bit() -> None:
+    for seconds in _durations():
+        expected = round(seconds * 1000, 3)
+        assert struct.pack("d", logs.millis(seconds)) == struct.pack("d", expected), seconds
+    assert math.isnan(logs.millis(math.nan))
+
+
+def test_a_duration_is_written_as_str_writes_it() -> None:
+    values = [round(s * 1000, 3) for s in _durations()]
+    values += [0.0, -0.0, 1e7, 12345678.5, 1e-4, 5e-5, -1.5, 0.1 + 0.2, math.inf, -math.inf, math.nan]
+    for value in values:
+        assert logs._float_text(value) == str(value)
+    log = Logger("info", "text", stream=io.StringIO())
+    out = log.stream
+    log.request_completed("GET", "h", "/", 200, 0.05, 0, "r")
+    log.mcp_request("r", "s", "tools/call", "", "", 200, "ok", 1234.5)
+    assert isinstance(out, io.StringIO)
+    lines = out.getvalue().splitlines()
+    assert " duration_ms=0.05 " in lines[0]
+    assert lines[1].endswith(" duration_ms=1234.5")

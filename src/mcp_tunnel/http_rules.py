@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from mcp_tunnel.errors import BadRequest, ProxyError, VersionNotSupported
@@ -20,7 +20,7 @@ from mcp_tunnel.routing import normalize_host
 Headers = list[tuple[bytes, bytes]]
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies must not forward.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -34,7 +34,7 @@ HOP_BY_HOP = frozenset(
 # Nothing inside the tunnel may claim to know the client's address, scheme or the public URL:
 # the upstream would trust it as if a proxy in front had set it. Names, not an `x-forwarded-`
 # prefix test, so the usual request pays one set lookup per header, as before.
-FORWARDING = frozenset(
+FORWARDING: Final = frozenset(
     {
         b"forwarded",
         b"x-forwarded-for",
@@ -50,12 +50,12 @@ FORWARDING = frozenset(
 )
 # Credentials for a proxy, hop-by-hop by nature (RFC 9110 §11.7.2): this proxy asks for none,
 # and an upstream must never see what the client meant for one.
-PROXY_CREDENTIALS = frozenset({b"proxy-authorization"})
-_STRIP_REQUEST = HOP_BY_HOP | FORWARDING | PROXY_CREDENTIALS | {b"host", b"content-length"}
-_STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
+PROXY_CREDENTIALS: Final = frozenset({b"proxy-authorization"})
+_STRIP_REQUEST: Final = HOP_BY_HOP | FORWARDING | PROXY_CREDENTIALS | {b"host", b"content-length"}
+_STRIP_RESPONSE: Final = HOP_BY_HOP | {b"content-length"}
 
 # Status codes whose responses never carry a body (RFC 9110 §6.4.1).
-NO_BODY_STATUSES = frozenset({204, 304})
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class RequestHead(NamedTuple):
@@ -87,11 +87,11 @@ def _dropped(base: frozenset[bytes], connection: list[bytes]) -> frozenset[bytes
 
 
 # The request headers validation looks at; every other header only needs the drop-set check.
-_REQUEST_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+_REQUEST_FRAMING: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 # A host name: no userinfo, path, query, fragment or brackets (checked after any `:port` is cut).
-_BAD_HOST_CHAR = re.compile(r"[ /\\@?#\[\]]").search
+_BAD_HOST_CHAR: Final = re.compile(r"[ /\\@?#\[\]]").search
 # An IPv6 literal: it has a `:`, so `[echo]` cannot route as `echo`; then an optional `:port`.
-_IPV6_AUTHORITY = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\](?::([0-9]{1,5}))?").fullmatch
+_IPV6_AUTHORITY: Final = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*\](?::([0-9]{1,5}))?").fullmatch
 
 
 def _valid_authority(text: str) -> bool:
@@ -252,7 +252,7 @@ class ResponseFraming(NamedTuple):
     close_delimited: bool  # the upstream's body ends when it closes the connection
 
 
-_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_RESPONSE_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def downstream_response_head(
@@ -379,4 +379,4 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -38,9 +38,9 @@ FLUSH_MAX_WAITS = 4
 
 # Values made only of these characters are written bare; anything else (spaces, quotes, '=',
 # control or non-ASCII characters) is JSON-quoted so that a line always splits the same way.
-_BARE = re.compile(r"[A-Za-z0-9\-._:/@\[\]%+,]+").fullmatch
+_BARE: Final = re.compile(r"[A-Za-z0-9\-._:/@\[\]%+,]+").fullmatch
 # Printable ASCII without '"' and '\\': exactly the strings json.dumps only wraps in quotes.
-_QUOTE_ONLY = re.compile(r"[ !#-\[\]-~]*").fullmatch
+_QUOTE_ONLY: Final = re.compile(r"[ !#-\[\]-~]*").fullmatch
 
 
 def _logfmt_value(value: object) -> str:
@@ -65,6 +65,37 @@ def _quoted(text: str) -> str:
 
 _time = time.time
 _MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))  # the end of a stamp, by millisecond
+# What `str` writes after the point of a float with at most three decimals, by thousandth.
+_DECIMALS: Final = tuple("." + (f"{m:03d}".rstrip("0") or "0") for m in range(1000))
+
+
+def millis(seconds: float) -> float:
+    """``round(seconds * 1000, 3)``, the same float, mostly without `round`'s two decimal
+    conversions (dtoa, then strtod: a request's duration is rounded once per request).
+
+    Below 1e7 ms the product times 1000 is within 2e-6 of the exact one, so away from a tie
+    (a fraction within 0.001 of one half, left to `round`) the nearest integer `k` is the
+    exact product's, and `k / 1000` (a correctly rounded division) is the float nearest to
+    the decimal `round` makes.
+    """
+    ms = seconds * 1000
+    if 0.0 < ms < 1e7:
+        scaled = ms * 1000.0
+        k = int(scaled + 0.5)
+        gap = scaled - k
+        if -0.499 < gap < 0.499:
+            return k / 1000.0
+    return round(ms, 3)
+
+
+def _float_text(value: float) -> str:
+    """``str(value)``, without the shortest-repr search when `value` has at most three
+    decimals (a duration from `millis`): whole part, then the decimals from a table."""
+    if 0.0 < value < 1e7:
+        k = int(value * 1000.0 + 0.5)
+        if k / 1000.0 == value:  # exactly the float nearest to k/1000: str writes that decimal
+            return f"{k // 1000}{_DECIMALS[k % 1000]}"
+    return str(value)
 
 
 class _Clock:
@@ -94,8 +125,8 @@ class Logger:
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self._clock = _Clock()
         self._flush_pending = False
-        # Work that waits for the flush: (function, arguments), run in order before it.
-        self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        # Work that waits for the flush, run in order before it.
+        self._pending: list[_Pending] = []
         self._last = 0.0  # when the latest request line was recorded
         self._waits = 0
         self.worker = 0  # a worker's number when the proxy runs several (`workers: N`), else 0
@@ -143,7 +174,7 @@ class Logger:
         """``info("request started", method=..., host=..., path=...)``."""
         if self.info_enabled:
             now = self._last = _time()
-            self.later(self._started, now, method, host, path)
+            self._record(_Started(now, method, host, path))
 
     def _started(self, now: float, method: str, host: str, path: str) -> None:
         if self.json:
@@ -175,7 +206,7 @@ class Logger:
         """
         if self.info_enabled:
             now = self._last = _time()
-            self.later(self._completed, now, method, host, path, status, duration_ms, nbytes, route, error)
+            self._record(_Completed(now, method, host, path, status, duration_ms, nbytes, route, error))
 
     def _completed(
         self,
@@ -208,7 +239,7 @@ class Logger:
             method, host, path, route = _text(method), _text(host), _text(path), _text(route)
         self._put(
             f'time={self._clock.stamp(now)} level=info msg="request completed" method={method}'
-            f" host={host} path={path} status={status} duration_ms={duration_ms} bytes={nbytes}"
+            f" host={host} path={path} status={status} duration_ms={_float_text(duration_ms)} bytes={nbytes}"
             f" route={route}{err}\n"
         )
 
@@ -265,7 +296,8 @@ class Logger:
         ident = f" id={msg_id}" if msg_id else ""
         self._put(
             f'time={self._clock.stamp(now)} level=info msg="mcp request" route={route} session={session}'
-            f" method={method}{named}{ident} status={status} outcome={outcome} duration_ms={duration_ms}\n"
+            f" method={method}{named}{ident} status={status} outcome={outcome}"
+            f" duration_ms={_float_text(duration_ms)}\n"
         )
 
     # --- writing and flushing ------------------------------------------------------------------
@@ -274,10 +306,13 @@ class Logger:
         """Run `fn(*args)` with the next flush, in order with the lines: the rendering of a
         request's lines, bookkeeping nobody waits for (its metrics). Outside a running loop, at
         once, then flushed."""
+        self._record(_Call(fn, args))
+
+    def _record(self, work: _Pending) -> None:
         if self._flush_pending or self._arm():
-            self._pending.append((fn, args))
+            self._pending.append(work)
         else:
-            fn(*args)
+            work.run(self)
             self.flush()
 
     def _write(self, line: str) -> None:
@@ -328,8 +363,8 @@ class Logger:
         pending = self._pending
         if pending:
             self._pending = []
-            for fn, args in pending:
-                fn(*args)
+            for work in pending:
+                work.run(self)
 
     def flush(self) -> None:
         """Render what is recorded, run what waits for the flush, then write it all out."""
@@ -351,6 +386,82 @@ class Logger:
 
     def error(self, msg: str, **fields: Any) -> None:
         self.log("error", msg, fields)
+
+
+class _Pending:
+    """Work recorded for the flush. The request lines have records of their own (compiled, a
+    native object and a direct call at the flush, where `later`'s function and argument tuple
+    cost a bound method, two tuples and a generic call)."""
+
+    __slots__ = ()
+
+    def run(self, log: Logger) -> None:
+        raise NotImplementedError
+
+
+class _Call(_Pending):
+    """`Logger.later`'s function and arguments."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+
+    def run(self, log: Logger) -> None:
+        self.fn(*self.args)
+
+
+class _Started(_Pending):
+    __slots__ = ("host", "method", "now", "path")
+
+    def __init__(self, now: float, method: str, host: str, path: str) -> None:
+        self.now = now
+        self.method = method
+        self.host = host
+        self.path = path
+
+    def run(self, log: Logger) -> None:
+        log._started(self.now, self.method, self.host, self.path)
+
+
+class _Completed(_Pending):
+    __slots__ = ("duration_ms", "error", "host", "method", "nbytes", "now", "path", "route", "status")
+
+    def __init__(
+        self,
+        now: float,
+        method: str,
+        host: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        nbytes: int,
+        route: str,
+        error: str,
+    ) -> None:
+        self.now = now
+        self.method = method
+        self.host = host
+        self.path = path
+        self.status = status
+        self.duration_ms = duration_ms
+        self.nbytes = nbytes
+        self.route = route
+        self.error = error
+
+    def run(self, log: Logger) -> None:
+        log._completed(
+            self.now,
+            self.method,
+            self.host,
+            self.path,
+            self.status,
+            self.duration_ms,
+            self.nbytes,
+            self.route,
+            self.error,
+        )
 
 
 def buffered_stderr() -> TextIO:

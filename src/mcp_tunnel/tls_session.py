@@ -100,7 +100,12 @@ class TLSSession:
 
     def send(self, data: bytes | memoryview) -> None:
         """Encrypt plaintext; the records wait in `outgoing()`."""
-        view = memoryview(data)
+        if not data:
+            return
+        n = self._obj.write(data)
+        if n == len(data):  # all of it, as a memory BIO takes it: no view to make and slice
+            return
+        view = memoryview(data)[n:]
         while view:
             n = self._obj.write(view)
             view = view[n:]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from websockets.frames import EXTERNAL_CLOSE_CODES
 
@@ -26,9 +26,14 @@ try:
 except ImportError:  # pragma: no cover - the pure-Python fallback websockets ships
     from websockets.utils import apply_mask
 
-CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_DATA_OPCODES = (CONT, TEXT, BINARY)
-_CONTROL_OPCODES = (CLOSE, PING, PONG)
+# Final, here and below: compiled, a constant is then inlined or kept in a C static instead of
+# being looked up in the module's dictionary (and unboxed) at every frame.
+CONT: Final = 0x0
+TEXT: Final = 0x1
+BINARY: Final = 0x2
+CLOSE: Final = 0x8
+PING: Final = 0x9
+PONG: Final = 0xA
 
 # Close codes (RFC 6455 §7.4.1)
 NORMAL_CLOSURE = 1000
@@ -39,10 +44,10 @@ INVALID_DATA = 1007
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
-_U16 = struct.Struct("!H")
-_U64 = struct.Struct("!Q")
-_HEAD16 = struct.Struct("!BBH")
-_HEAD64 = struct.Struct("!BBQ")
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+_HEAD16: Final = struct.Struct("!BBH")
+_HEAD64: Final = struct.Struct("!BBQ")
 
 
 class Frame(NamedTuple):
@@ -132,14 +137,14 @@ class FrameParser:
         Returns the size of the data message so far, this frame included.
         """
         if opcode >= CLOSE:
-            if opcode not in _CONTROL_OPCODES:
+            if opcode not in (CLOSE, PING, PONG):
                 raise FrameError(PROTOCOL_ERROR, f"invalid opcode {opcode:#x}")
             if not fin:
                 raise FrameError(PROTOCOL_ERROR, "fragmented control frame")
             if length > 125:
                 raise FrameError(PROTOCOL_ERROR, "control frame too long")
             return 0
-        if opcode not in _DATA_OPCODES:
+        if opcode not in (CONT, TEXT, BINARY):
             raise FrameError(PROTOCOL_ERROR, f"invalid opcode {opcode:#x}")
         if opcode == CONT:
             if not self._in_message:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+from bisect import bisect_left
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from mcp_tunnel.metrics import (
     REQUESTS,
     REQUESTS_HELP,
     Metrics,
+    _bucket,
     handshake_reason_label,
     refusal_reason,
     status_class,
@@ -243,3 +247,17 @@ async def test_families_through_the_proxy(tmp: Path, pki: PKI) -> None:
         await conn.close()
         stack.proc.stop()
     await upstream.close()
+
+
+def test_a_duration_lands_in_the_bucket_bisect_finds() -> None:
+    """`_bucket` is `bisect_left(LATENCY_BUCKETS, seconds)`: bounds, their neighbours, edges."""
+    rng = random.Random(24)
+    values = [
+        *LATENCY_BUCKETS,
+        *(b * (1 + 1e-9) for b in LATENCY_BUCKETS),
+        *(b * (1 - 1e-9) for b in LATENCY_BUCKETS),
+    ]
+    values += [0.0, -0.0, -1.0, 1e9, math.inf, -math.inf, math.nan]
+    values += [rng.random() * 10 ** rng.randint(-5, 3) for _ in range(20000)]
+    for seconds in values:
+        assert _bucket(seconds) == bisect_left(LATENCY_BUCKETS, seconds), seconds

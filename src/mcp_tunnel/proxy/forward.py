@@ -31,7 +31,7 @@ from mcp_tunnel.http_rules import (
     error_response,
     upstream_request_head,
 )
-from mcp_tunnel.logs import Logger
+from mcp_tunnel.logs import Logger, millis
 from mcp_tunnel.mcp_policy import (
     MAX_BODY,
     McpExchange,
@@ -631,7 +631,7 @@ class Forwarder:
         ctx = self.ctx
         log = ctx.log
         metrics = ctx.metrics
-        for r in mcp.records(ex.status, round(seconds * 1000, 3), ex.reason):
+        for r in mcp.records(ex.status, millis(seconds), ex.reason):
             log.mcp_request(r.route, r.session, r.method, r.name, r.id, r.status, r.outcome, r.duration_ms)
             metrics.mcp_request(r.route, method_label(r.method), outcome_label(r.outcome))
 
@@ -702,7 +702,7 @@ class Forwarder:
         if log.info_enabled:
             head = ex.head
             method, host, path = (head.method, head.host, head.path) if head else ("-", "-", "-")
-            ms = round(seconds * 1000, 3)
+            ms = millis(seconds)
             log.request_completed(
                 method, host, path, ex.status, ms, ex.response_bytes, ex.route_key, ex.reason
             )
