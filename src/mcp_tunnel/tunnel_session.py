@@ -193,8 +193,11 @@ class TunnelSession:
         self._frames = FrameParser(masked=server_side, max_message=max_message)
         self._out_message = max(1, out_message)
         self.state = OPEN
-        self.events: list[Event] = []  # not yet taken by `events_received`
-        self._pending: list[bytes] = []  # frames of ours (pongs, close) not yet in `data_to_send`
+        # Made when there is something to hold (None the rest of the time: an idle tunnel holds
+        # no empty lists): the events not yet taken by `events_received`, and frames of ours
+        # (pongs, close) not yet in `data_to_send`.
+        self.events: list[Event] | None = None
+        self._pending: list[bytes] | None = None
         self._plain: list[bytes] = []  # this read's plaintext so far (reused, not reallocated)
         self._text_message = False  # inside a fragmented text message
         self._tls_closed = False  # TLSClosed was reported
@@ -271,7 +274,7 @@ class TunnelSession:
                     self._event(TextRefused())
             elif opcode == PING:
                 if self.state == OPEN:
-                    self._pending.append(self._frame(PONG, payload))
+                    self._queue(self._frame(PONG, payload))
             elif opcode == CLOSE:
                 self._peer_close(payload)
                 break
@@ -297,7 +300,7 @@ class TunnelSession:
     def receive_eof(self) -> None:
         """The peer's TCP stream ended (or the socket is gone): nothing more goes either way."""
         self.state = CLOSED
-        self._pending.clear()
+        self._pending = None
 
     def _peer_close(self, payload: bytes) -> None:
         try:
@@ -307,7 +310,7 @@ class TunnelSession:
             return
         answered = self.state == OPEN
         if answered:
-            self._pending.append(self._frame(CLOSE, payload))  # its own code back (RFC 6455 §5.5.1)
+            self._queue(self._frame(CLOSE, payload))  # its own code back (RFC 6455 §5.5.1)
         self.state = CLOSED
         self.close_code, self.close_reason = code, reason
         self._event(PeerClosed(code, reason, self.tls.closed_by_peer, answered))
@@ -315,7 +318,7 @@ class TunnelSession:
     def _refuse_framing(self, exc: FrameError, *, in_close: bool) -> None:
         """The stream cannot be parsed on: say why (if our close was not sent) and end."""
         if self.state == OPEN:
-            self._pending.append(self._frame(CLOSE, close_payload(exc.code, exc.reason)))
+            self._queue(self._frame(CLOSE, close_payload(exc.code, exc.reason)))
         self.state = CLOSED
         self._event(FrameRefused(exc.code, exc.reason, in_close))
 
@@ -326,11 +329,14 @@ class TunnelSession:
 
     def _event(self, event: Event) -> None:
         """Queue `event` behind the plaintext of this read so far."""
+        events = self.events
+        if events is None:
+            events = self.events = []
         plain = self._plain
         if plain:
-            self.events.append(Plaintext(plain[0] if len(plain) == 1 else b"".join(plain)))
+            events.append(Plaintext(plain[0] if len(plain) == 1 else b"".join(plain)))
             plain.clear()
-        self.events.append(event)
+        events.append(event)
 
     def _take_plain(self) -> bytes:
         plain = self._plain
@@ -348,7 +354,7 @@ class TunnelSession:
         events = self.events
         if not events:
             return []
-        self.events = []
+        self.events = None
         return events
 
     # --- bytes out --------------------------------------------------------------------------
@@ -380,13 +386,20 @@ class TunnelSession:
             out = self._framed_tls()
             if pending:
                 out += b"".join(pending)
-                pending.clear()
+                self._pending = None
             return out
         if not pending:
             return b""
         out = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
+        self._pending = None
         return out
+
+    def _queue(self, frame: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+        else:
+            pending.append(frame)
 
     def close_gracefully(self) -> None:
         """TLS close_notify (once the handshake is done), then WebSocket close 1000 (SPEC §2)."""
@@ -406,8 +419,8 @@ class TunnelSession:
             return
         records = self._framed_tls()
         if records:
-            self._pending.append(records)
-        self._pending.append(self._frame(CLOSE, close_payload(code, reason)))
+            self._queue(records)
+        self._queue(self._frame(CLOSE, close_payload(code, reason)))
         self.state = CLOSE_SENT
 
     def _framed_tls(self) -> bytes:

@@ -55,8 +55,9 @@ class Tunnel:
         """`reason` no longer holds reading back; it resumes once no reason is left."""
         raise NotImplementedError
 
-    def set_timer(self, delay: float, callback: Callable[[], object]) -> None:
-        """Replace the connection's one deadline (header read, body, idle)."""
+    def set_timer(self, delay: float, kind: int) -> None:
+        """Replace the connection's one deadline: `kind` is a `flow.DEADLINE_*` (header read,
+        body, idle); when it passes, the inner HTTP connection is told which."""
         raise NotImplementedError
 
     def cancel_timer(self) -> None:

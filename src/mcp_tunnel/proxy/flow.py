@@ -29,3 +29,11 @@ MAX_INTERIM: Final = 16  # 1xx responses before the final one; more is a 502
 READ_BODY: Final = 1  # a request body waits for its upstream
 READ_BACKLOG: Final = 2  # what we owe the peer is over HIGH_WATER
 READ_PIPELINE: Final = 4  # MAX_PIPELINED requests wait for their turn
+
+# What a tunnel's one deadline is for (`Tunnel.set_timer`): a number rather than a callback, so
+# that arming it allocates nothing and an idle tunnel holds no bound method.
+DEADLINE_HANDSHAKE: Final = 1  # the WebSocket upgrade and the TLS handshake
+DEADLINE_CLOSE: Final = 2  # our close frame went: the peer's answer
+DEADLINE_HEADER: Final = 3  # a request head (inner HTTP)
+DEADLINE_BODY: Final = 4  # a request body (inner HTTP)
+DEADLINE_IDLE: Final = 5  # no request (inner HTTP)

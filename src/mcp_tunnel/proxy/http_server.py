@@ -23,7 +23,16 @@ from mcp_tunnel.errors import BadRequest, BodyTooLarge, HeadersTooLarge, ProxyEr
 from mcp_tunnel.http_rules import validate_request
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.exchange import Connection, Exchange, Tunnel
-from mcp_tunnel.proxy.flow import BODY_HIGH_WATER, FEED_SLICE, MAX_PIPELINED, READ_BODY, READ_PIPELINE
+from mcp_tunnel.proxy.flow import (
+    BODY_HIGH_WATER,
+    DEADLINE_BODY,
+    DEADLINE_HEADER,
+    DEADLINE_IDLE,
+    FEED_SLICE,
+    MAX_PIPELINED,
+    READ_BODY,
+    READ_PIPELINE,
+)
 from mcp_tunnel.proxy.forward import Forwarder
 
 
@@ -228,7 +237,7 @@ class InnerHTTP(Connection):
         self.current = ex
         self.exchanges.append(ex)
         if len(self.exchanges) == 1:
-            self.tunnel.set_timer(self.limits.header_timeout, self._header_timeout)
+            self.tunnel.set_timer(self.limits.header_timeout, DEADLINE_HEADER)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -274,7 +283,7 @@ class InnerHTTP(Connection):
             ex.close_after = not ex.head.keep_alive
             if ex.head.has_body:  # until its last byte, the body's deadline is the tunnel's
                 self._body_timed = True
-                self.tunnel.set_timer(self.limits.body_timeout, self._body_timeout)
+                self.tunnel.set_timer(self.limits.body_timeout, DEADLINE_BODY)
         self._hand_over(ex)
 
     def on_body(self, body: bytes) -> None:
@@ -347,6 +356,15 @@ class InnerHTTP(Connection):
         self._held = b""
         self._hand_over(ex)
 
+    def deadline_passed(self, kind: int) -> None:
+        """The tunnel's deadline of `kind` (a `flow.DEADLINE_*` this layer set) has passed."""
+        if kind == DEADLINE_HEADER:
+            self._header_timeout()
+        elif kind == DEADLINE_BODY:
+            self._body_timeout()
+        elif kind == DEADLINE_IDLE:
+            self._idle_timeout()
+
     def _body_timeout(self) -> None:
         self._body_timed = False
         ex = self.current
@@ -359,7 +377,7 @@ class InnerHTTP(Connection):
         self.tunnel.close_gracefully()
 
     def _arm_idle(self) -> None:
-        self.tunnel.set_timer(self.limits.idle_timeout, self._idle_timeout)
+        self.tunnel.set_timer(self.limits.idle_timeout, DEADLINE_IDLE)
 
     def _idle_timeout(self) -> None:
         self.ctx.log.debug("idle tunnel closed", peer=self.tunnel.peer)
@@ -396,4 +414,4 @@ class InnerHTTP(Connection):
             self._arm_idle()
             self.ctx.exchange_idle(self.tunnel)
         elif self.current is self.exchanges[0] and self.exchanges[0].head is None:
-            self.tunnel.set_timer(self.limits.header_timeout, self._header_timeout)
+            self.tunnel.set_timer(self.limits.header_timeout, DEADLINE_HEADER)

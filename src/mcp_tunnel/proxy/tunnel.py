@@ -21,7 +21,13 @@ from typing import cast
 from mcp_tunnel.config import Limits
 from mcp_tunnel.logs import Logger
 from mcp_tunnel.proxy.exchange import Tunnel
-from mcp_tunnel.proxy.flow import HIGH_WATER, MAX_MESSAGE, READ_BACKLOG
+from mcp_tunnel.proxy.flow import (
+    DEADLINE_CLOSE,
+    DEADLINE_HANDSHAKE,
+    HIGH_WATER,
+    MAX_MESSAGE,
+    READ_BACKLOG,
+)
 from mcp_tunnel.proxy.http_server import HTTPContext, InnerHTTP
 from mcp_tunnel.routing import normalize_host
 from mcp_tunnel.tls_session import TLSSession
@@ -107,7 +113,7 @@ class TunnelProtocol(Tunnel):
     """
 
     __slots__ = (
-        "_deadline_cb",
+        "_deadline_kind",
         "_handshake_over",
         "_head",
         "_on_writable",
@@ -152,7 +158,7 @@ class TunnelProtocol(Tunnel):
         # One deadline per connection (handshake, header read, idle, close), checked by the
         # server's periodic sweep: re-arming it per request is one float store, not a timer.
         self.deadline = 0.0
-        self._deadline_cb: Callable[[], object] | None = None
+        self._deadline_kind = 0  # a `flow.DEADLINE_*`: what `deadline` is for
         self.last_rx = 0.0
         self._ping_sent: float | None = None
 
@@ -176,7 +182,7 @@ class TunnelProtocol(Tunnel):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
         t.set_write_buffer_limits(high=HIGH_WATER)
         self.ctx.opened(self)
-        self.set_timer(self.ctx.limits.handshake_timeout, self._handshake_timeout)
+        self.set_timer(self.ctx.limits.handshake_timeout, DEADLINE_HANDSHAKE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timer()
@@ -470,7 +476,7 @@ class TunnelProtocol(Tunnel):
     def _close_wait(self) -> None:
         # The peer should answer our close; do not wait for it forever.
         self.deadline = self.ctx.loop.time() + CLOSE_WAIT_SECONDS
-        self._deadline_cb = self._abort_transport
+        self._deadline_kind = DEADLINE_CLOSE
 
     def _handshake_timeout(self) -> None:
         self._handshake_over = True
@@ -491,18 +497,22 @@ class TunnelProtocol(Tunnel):
     def cancel_timer(self) -> None:
         self.deadline = 0.0
 
-    def set_timer(self, delay: float, callback: Callable[[], object]) -> None:
+    def set_timer(self, delay: float, kind: int) -> None:
         """Replace the connection's deadline (header read, body, idle) as its state moves on."""
         if self.closing:
             return  # the close deadline stays: a closing connection must not wait on idle again
         if delay > 0:
             self.deadline = self.ctx.loop.time() + delay
-            self._deadline_cb = callback
+            self._deadline_kind = kind
         else:
             self.deadline = 0.0
 
     def fire_deadline(self) -> None:
         """Called by the server's sweep once `deadline` has passed."""
-        callback, self.deadline = self._deadline_cb, 0.0
-        if callback is not None:
-            callback()
+        kind, self.deadline = self._deadline_kind, 0.0
+        if kind == DEADLINE_HANDSHAKE:
+            self._handshake_timeout()
+        elif kind == DEADLINE_CLOSE:
+            self._abort_transport()
+        elif self.http is not None:
+            self.http.deadline_passed(kind)
