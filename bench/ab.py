@@ -136,6 +136,23 @@ async def _turn(entry: Entry, raw: bytes, count: int, interval: float) -> None:
     entry.cpu += cpu_seconds(entry.target.pid) - cpu0
 
 
+async def in_turns(entries: list[Entry], raw: bytes, seconds: float, block: int, interval: float) -> None:
+    """Every entry warmed (its connections open, pools and lazy imports filled), then blocks of
+    `block` requests `interval` apart, entry after entry, for `seconds`; then the connections closed."""
+    for e in entries:
+        e.conns = await open_conns(e.target, CONNS)
+        for conn in e.conns * 20:
+            await conn.exchange(raw)
+    deadline = time.monotonic() + seconds
+    turn = 0
+    while time.monotonic() < deadline or turn < len(entries):
+        await _turn(entries[turn % len(entries)], raw, block, interval)
+        turn += 1
+    for e in entries:
+        for conn in e.conns:
+            await conn.close()
+
+
 def _table(entries: list[Entry]) -> list[str]:
     lines = [
         "| target | requests | p50 ms | p90 ms | p99 ms | p50 added | p99 added "
@@ -271,18 +288,7 @@ async def run(args: argparse.Namespace, work: Path, sources: list[tuple[str, Pat
             tunnel = TunnelTarget(name, proxy.pid, port, ca_file=str(pki.ca_file), host=HOST)
             entries.append(Entry(name, tunnel))
         raw = request_bytes("POST", "/small", HOST, SMALL_BODY)
-        for e in entries:  # warm: connections open, pools and lazy imports filled
-            e.conns = await open_conns(e.target, CONNS)
-            for conn in e.conns * 20:
-                await conn.exchange(raw)
-        deadline = time.monotonic() + args.seconds
-        turn = 0
-        while time.monotonic() < deadline or turn < len(entries):
-            await _turn(entries[turn % len(entries)], raw, args.block, 1.0 / args.rps)
-            turn += 1
-        for e in entries:
-            for conn in e.conns:
-                await conn.close()
+        await in_turns(entries, raw, args.seconds, args.block, 1.0 / args.rps)
         lines = _table(entries)
         if args.new_tunnels > 0:
             timed = entries[1:]  # direct's CPU is the upstream's: no handshake of its own to time

@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.ab import CONNS, NEW_WORKERS, Entry, _loaded, _new_connections, _new_table, _table, _turn
+from bench.ab import NEW_WORKERS, Entry, _loaded, _new_connections, _new_table, _table, in_turns
 from bench.cli import raise_nofile
 from bench.clients import HTTPTarget, Target, TunnelTarget, https_context, request_bytes
 from bench.nginx import nginx_binary, start_nginx
-from bench.phases import Settings, idle, open_conns, sse
+from bench.phases import Settings, idle, sse
 from bench.servers import HOST, PKI, Process, free_port, make_pki, start_proxy, start_upstream, wait_listening
 from bench.upstream import SMALL_BODY
 from mcp_tunnel import __file__ as _product_init
@@ -182,18 +182,7 @@ async def _latencies(
     product's features are what misses them.
     """
     entries = [Entry(t.name, t) for t in [direct, *targets]]
-    for e in entries:  # warm: connections open, pools and lazy imports filled
-        e.conns = await open_conns(e.target, CONNS)
-        for conn in e.conns * 20:
-            await conn.exchange(raw)
-    deadline = time.monotonic() + args.seconds
-    turn = 0
-    while time.monotonic() < deadline or turn < len(entries):
-        await _turn(entries[turn % len(entries)], raw, 50, 0.01)
-        turn += 1
-    for e in entries:
-        for conn in e.conns:
-            await conn.close()
+    await in_turns(entries, raw, args.seconds, 50, 0.01)
     lines = _table(entries)
     if args.sse_rounds > 0:
         settings = Settings(sse_events=args.sse_events)
