@@ -450,7 +450,7 @@ class Forwarder:
         self.ctx.loop.call_soon(self.begin, tunnel, http, ex)
 
     def quiet(self) -> bool:
-        """No exchange is waiting for its upstream: one more may begin at once (see `InnerHTTP.feed`).
+        """No exchange is waiting for its upstream: one more may begin at once (`InnerHTTP.read_done`).
 
         At a low rate the ready queue's turn is latency spent for nothing; under load it lets
         every ready tunnel's read be parsed before the upstream writes (see `start`).

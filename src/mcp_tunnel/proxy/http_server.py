@@ -117,7 +117,7 @@ class InnerHTTP(Connection):
         self._head_begun_now = False
         self._eof_held = False  # the peer's close_notify came behind `_held`
         self._feeding = False  # inside `feed`: an exchange handed over may wait for its end
-        self._begin_now: Exchange | None = None  # begun once this read is parsed (see `feed`)
+        self._begin_now: Exchange | None = None  # begun once this read is handled (`read_done`)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -219,6 +219,9 @@ class InnerHTTP(Connection):
         self.peer_done = True
         self.aborted = reason
         self._held = b""
+        parked, self._begin_now = self._begin_now, None
+        if parked is not None:  # its read never reached `read_done`: it begins, and so ends cancelled
+            self.ctx.forwarder.start(self.tunnel, self, parked)
         for ex in self.exchanges:
             ex.body.fail()
             if ex.running is not None and not ex.running.done():
@@ -315,7 +318,7 @@ class InnerHTTP(Connection):
         if self.exchanges and self.exchanges[0] is ex and not ex.handed:
             ex.handed = True
             forwarder = self.ctx.forwarder
-            if self._feeding and forwarder.quiet():
+            if self._feeding and self._begin_now is None and forwarder.quiet():
                 self._begin_now = ex  # once the tunnel's read is handled (`read_done`)
             else:
                 forwarder.start(self.tunnel, self, ex)
