@@ -176,18 +176,6 @@ class Logger:
             now = self._last = _time()
             self._record(_Started(now, method, host, path))
 
-    def _started(self, now: float, method: str, host: str, path: str) -> None:
-        if self.json:
-            fields = {"method": method, "host": host, "path": path}
-            self._put(self._line(now, "info", "request started", fields))
-            return
-        if not (method and host and path and _BARE(f"{method}{host}{path}")):  # one match for three
-            method, host, path = _text(method), _text(host), _text(path)
-        self._put(
-            f'time={self._clock.stamp(now)} level=info msg="request started"'
-            f" method={method} host={host} path={path}\n"
-        )
-
     def request_completed(
         self,
         method: str,
@@ -207,41 +195,6 @@ class Logger:
         if self.info_enabled:
             now = self._last = _time()
             self._record(_Completed(now, method, host, path, status, duration_ms, nbytes, route, error))
-
-    def _completed(
-        self,
-        now: float,
-        method: str,
-        host: str,
-        path: str,
-        status: int,
-        duration_ms: float,
-        nbytes: int,
-        route: str,
-        error: str,
-    ) -> None:
-        if self.json:
-            fields: dict[str, Any] = {
-                "method": method,
-                "host": host,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "bytes": nbytes,
-                "route": route,
-            }
-            if error:
-                fields["error"] = error
-            self._put(self._line(now, "info", "request completed", fields))
-            return
-        err = f" error={_text(error)}" if error else ""
-        if not (method and host and path and route and _BARE(f"{method}{host}{path}{route}")):
-            method, host, path, route = _text(method), _text(host), _text(path), _text(route)
-        self._put(
-            f'time={self._clock.stamp(now)} level=info msg="request completed" method={method}'
-            f" host={host} path={path} status={status} duration_ms={_float_text(duration_ms)} bytes={nbytes}"
-            f" route={route}{err}\n"
-        )
 
     def mcp_request(
         self,
@@ -413,6 +366,8 @@ class _Call(_Pending):
 
 
 class _Started(_Pending):
+    """The "request started" line, rendered at the flush."""
+
     __slots__ = ("host", "method", "now", "path")
 
     def __init__(self, now: float, method: str, host: str, path: str) -> None:
@@ -422,10 +377,22 @@ class _Started(_Pending):
         self.path = path
 
     def run(self, log: Logger) -> None:
-        log._started(self.now, self.method, self.host, self.path)
+        now, method, host, path = self.now, self.method, self.host, self.path
+        if log.json:
+            fields = {"method": method, "host": host, "path": path}
+            log._put(log._line(now, "info", "request started", fields))
+            return
+        if not (method and host and path and _BARE(f"{method}{host}{path}")):  # one match for three
+            method, host, path = _text(method), _text(host), _text(path)
+        log._put(
+            f'time={log._clock.stamp(now)} level=info msg="request started"'
+            f" method={method} host={host} path={path}\n"
+        )
 
 
 class _Completed(_Pending):
+    """The "request completed" line, rendered at the flush."""
+
     __slots__ = ("duration_ms", "error", "host", "method", "nbytes", "now", "path", "route", "status")
 
     def __init__(
@@ -451,16 +418,29 @@ class _Completed(_Pending):
         self.error = error
 
     def run(self, log: Logger) -> None:
-        log._completed(
-            self.now,
-            self.method,
-            self.host,
-            self.path,
-            self.status,
-            self.duration_ms,
-            self.nbytes,
-            self.route,
-            self.error,
+        now, error = self.now, self.error
+        method, host, path, route = self.method, self.host, self.path, self.route
+        if log.json:
+            fields: dict[str, Any] = {
+                "method": method,
+                "host": host,
+                "path": path,
+                "status": self.status,
+                "duration_ms": self.duration_ms,
+                "bytes": self.nbytes,
+                "route": route,
+            }
+            if error:
+                fields["error"] = error
+            log._put(log._line(now, "info", "request completed", fields))
+            return
+        err = f" error={_text(error)}" if error else ""
+        if not (method and host and path and route and _BARE(f"{method}{host}{path}{route}")):
+            method, host, path, route = _text(method), _text(host), _text(path), _text(route)
+        log._put(
+            f'time={log._clock.stamp(now)} level=info msg="request completed" method={method}'
+            f" host={host} path={path} status={self.status} duration_ms={_float_text(self.duration_ms)}"
+            f" bytes={self.nbytes} route={route}{err}\n"
         )
 
 
